@@ -114,7 +114,9 @@ class DualEncoder:
     def calibrate(self, loader: Any) -> None:
         """Fit target statistics the image embedding needs (no-op unless needs_calibration).
 
-        ``loader`` yields ``(images, indices, labels)`` batches of the target dataset.
+        ``loader`` is a DataLoader over the target dataset whose batches are
+        ``(images B x C x H x W, indices (B,), labels (B,), skipped)`` as produced by
+        ``reclip.data.datasets.collate``.
         """
 
     def extra_state(self) -> dict[str, torch.Tensor]:
