@@ -1,0 +1,46 @@
+"""One factory that turns a model spec (and optional weights) into a ``DualEncoder``.
+
+Specs:
+- ``tiny``: seeded random 2-layer open_clip model (tests, smoke runs; no weights)
+- ``bridge``: EfficientNet-Lite0 + MiniLM joined by a linear map (pretrained, ships in packages)
+- an open_clip architecture (``ViT-B-32``, ``ViT-L-14``, ``RN50``, ``ViT-B-16-SigLIP``, ...) with
+  ``pretrained`` a tag (``openai``, ``laion2b_s34b_b79k``, ...) or a local weights file
+- ``hf-hub:org/repo`` or ``local-dir:/path``: open_clip's own schemas
+- ``hf:org/repo`` or ``hf:/path/to/folder``: a transformers CLIP / SigLIP model
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ReclipError
+from .base import DualEncoder
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(spec: str, pretrained: str | None = None,
+               device: str | torch.device | None = None) -> DualEncoder:
+    """Build the dual encoder named by ``spec`` on ``device`` (default: CUDA when available), in eval mode."""
+    device = device or default_device()
+    if spec == "bridge":
+        from .bridge import build_bridge
+        model: DualEncoder = build_bridge(device)
+    elif spec.startswith("hf:"):
+        from .hf_backend import build_hf
+        if pretrained:
+            raise ReclipError("--pretrained is not used with hf: models; the weights come from the hub id or folder")
+        model = build_hf(spec[3:], device)
+    else:
+        from .open_clip_backend import build_open_clip
+        try:
+            model = build_open_clip(spec, pretrained, device)
+        except ReclipError as exc:
+            if str(exc) == f"unknown model '{spec}'":
+                raise ReclipError(
+                    f"unknown model '{spec}'; use tiny, bridge, an open_clip architecture such as "
+                    "ViT-B-32, ViT-L-14 or RN50 (see open_clip.list_models()), hf:org/repo or "
+                    "hf:/path/to/folder") from None
+            raise
+    return model.eval()

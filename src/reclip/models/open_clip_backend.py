@@ -1,0 +1,125 @@
+"""open_clip backend: every architecture open_clip knows (CLIP, OpenCLIP, SigLIP, ...)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from torch import nn
+
+from ..errors import ReclipError
+from .base import DualEncoder
+
+TINY_CONFIG = Path(__file__).parent / "configs" / "reclip-tiny.json"
+TINY_NAME = "reclip-tiny"
+TINY_SEED = 0
+
+
+class OpenClipDualEncoder(DualEncoder):
+    """Wraps an open_clip ``CLIP`` / ``CustomTextCLIP`` model and its own eval transform."""
+
+    def __init__(self, model: nn.Module, preprocess: Any, tokenizer: Any, spec: str,
+                 pretrained: str | None) -> None:
+        self.module = model.eval()
+        self.preprocess = preprocess
+        self._tokenizer = tokenizer
+        self.spec = spec
+        self.pretrained = pretrained
+        self.name = f"{spec} ({pretrained})" if pretrained else spec
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self._tokenizer(texts).to(self.device)
+
+    def _encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module.encode_image(images)
+
+    def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.module.encode_text(tokens)
+
+    def image_modules(self) -> list[nn.Module]:
+        return [self.module.visual]
+
+    def text_modules(self) -> list[nn.Module]:
+        m = self.module
+        if hasattr(m, "text"):  # CustomTextCLIP (SigLIP, CoCa-style and HF text towers)
+            return [m.text]
+        return [m.token_embedding, m.transformer, m.ln_final]
+
+
+def _is_open_clip_arch(spec: str) -> str | None:
+    """The canonical open_clip architecture name matching ``spec`` (case-insensitive), if any."""
+    by_lower = {name.lower(): name for name in open_clip.list_models()}
+    return by_lower.get(spec.lower())
+
+
+def _check_pretrained(arch: str, pretrained: str) -> None:
+    if Path(pretrained).expanduser().exists():
+        return
+    if Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}:
+        raise ReclipError(f"weights file {pretrained} does not exist; pass an existing file "
+                          f"or a pretrained tag such as "
+                          f"{', '.join(open_clip.list_pretrained_tags_by_model(arch)[:4]) or 'openai'}")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained not in tags:
+        raise ReclipError(f"unknown pretrained tag '{pretrained}' for {arch}; known tags: "
+                          f"{', '.join(tags) or 'none'} (or pass a local weights file)")
+
+
+@contextlib.contextmanager
+def _seeded_random_init():
+    """Seed the tiny model's random initialisation (so every run builds the same model),
+    without touching the caller's RNG, and hush open_clip's "no pretrained weights" warning."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def build_open_clip(spec: str, pretrained: str | None, device: str | torch.device) -> OpenClipDualEncoder:
+    """Build an open_clip model from an architecture name, ``hf-hub:`` / ``local-dir:`` or ``tiny``.
+
+    ``tiny`` is a seeded, randomly initialised 2-layer model (32 px, width 64) from the
+    config shipped in the package, for tests and smoke runs; with ``pretrained`` a file,
+    those weights are loaded into the tiny architecture instead.
+    """
+    if spec == "tiny":
+        open_clip.add_model_config(TINY_CONFIG)
+        arch = TINY_NAME
+    elif spec.startswith(("hf-hub:", "local-dir:")):
+        arch = spec
+        if spec.startswith("local-dir:") and not Path(spec.split(":", 1)[1]).expanduser().is_dir():
+            raise ReclipError(f"model folder {spec.split(':', 1)[1]} does not exist; "
+                              "pass local-dir:/path/to/folder holding open_clip_config.json and weights")
+    else:
+        arch = _is_open_clip_arch(spec)
+        if arch is None:
+            raise ReclipError(f"unknown model '{spec}'")  # the factory adds the list of choices
+    if pretrained is not None and not spec.startswith(("hf-hub:", "local-dir:")):
+        _check_pretrained(arch, pretrained)
+        pretrained = str(Path(pretrained).expanduser()) if Path(pretrained).expanduser().exists() else pretrained
+
+    # The tiny model is random: seed its initialisation so every run builds the same one.
+    seeded = torch.random.fork_rng(devices=[]) if spec == "tiny" else contextlib.nullcontext()
+    try:
+        with seeded:
+            if spec == "tiny":
+                torch.manual_seed(TINY_SEED)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=pretrained, device=device)
+    except ReclipError:
+        raise
+    except Exception as exc:  # network errors, missing files, incompatible checkpoints
+        source = pretrained or spec
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ReclipError(
+            f"could not load weights '{source}' for {arch}: {first[:200]}. Without internet, "
+            f"download them elsewhere and pass --pretrained /path/to/weights.(bin|pt|safetensors) "
+            f"or --model local-dir:/path/to/folder") from exc
+    tokenizer = open_clip.get_tokenizer(arch)
+    return OpenClipDualEncoder(model, preprocess, tokenizer, spec, pretrained)
