@@ -9,9 +9,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -23,6 +27,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give outputs the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -38,7 +43,7 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def write_csv(path: str | Path, header: Sequence[str], rows: Callable[[], Any] | Sequence[Sequence[Any]]) -> None:
+def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -46,13 +51,11 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Callable[[], Any] |
     atomic_write_text(path, buf.getvalue())
 
 
-def write_predictions(path: str | Path, indices: torch.Tensor, logits: torch.Tensor,
+def write_predictions(path: str | Path, indices: torch.Tensor, probs: torch.Tensor,
                       classnames: list[list[str]], paths: Sequence[str] | None) -> None:
-    """``index,path,pred,pred_name,confidence`` for each scored image (N rows of N x C logits).
-
-    The confidence is the softmax probability of the predicted class.
-    """
-    conf, pred = logits.float().softmax(dim=-1).max(dim=-1)
+    """``index,path,pred,pred_name,confidence`` for each scored image (N rows of N x C
+    class probabilities); the confidence is the probability of the predicted class."""
+    conf, pred = probs.float().max(dim=-1)
     rows = [
         (int(i), paths[int(i)] if paths else "", int(p), classnames[int(p)][0], f"{float(c):.6f}")
         for i, p, c in zip(indices.tolist(), pred.tolist(), conf.tolist())

@@ -1,0 +1,43 @@
+"""The ``reclip`` command line: ``reclip {zeroshot,adapt,predict,demo} ...``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+from .. import __version__
+from ..errors import ReclipError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import adapt, predict, zeroshot
+
+    parser = argparse.ArgumentParser(
+        prog="reclip", description="Adapt CLIP-style models to unlabelled target images (ReCLIP).")
+    parser.add_argument("--version", action="version", version=f"reclip {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (zeroshot, adapt, predict):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    try:
+        args.func(args)
+    except ReclipError as exc:
+        print(f"reclip: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reclip: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

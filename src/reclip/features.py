@@ -1,0 +1,124 @@
+"""Batched image-feature extraction with an on-disk cache.
+
+The cache is keyed by model, weights, dataset and transform, so a second zero-shot run, or an
+adaptation run after a zero-shot run, skips extraction. Calibration statistics that a model
+derives from the target images (the bridge model's centring vector) are cached with them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from . import __version__
+from .data.datasets import ImageDataset, collate
+from .io import atomic_path
+from .models.base import DualEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Features:
+    """Features of the readable images of a dataset, in dataset order.
+
+    ``features`` N x D (L2-normalised, float32, CPU), ``indices`` (N,) dataset indices,
+    ``labels`` (N,) with -1 where unknown, ``skipped`` the indices of unreadable images.
+    """
+
+    features: torch.Tensor
+    indices: torch.Tensor
+    labels: torch.Tensor
+    skipped: list[int]
+    from_cache: bool = False
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RECLIP_CACHE", Path.home() / ".cache" / "reclip")) / "features"
+
+
+def default_workers() -> int:
+    return min(4, (os.cpu_count() or 1) - 1)
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, workers: int) -> DataLoader:
+    """A deterministic (unshuffled) loader whose batches are ``collate``'s 4-tuples."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=collate, persistent_workers=False)
+
+
+def _state_digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _cache_key(model: DualEncoder, dataset: ImageDataset, calibrate: bool) -> str:
+    transform = re.sub(r" at 0x[0-9a-f]+", "", repr(dataset.transform))
+    key = {
+        "model": model.spec, "pretrained": model.pretrained, "dataset": dataset.fingerprint(),
+        "transform": transform, "reclip": __version__,
+        # Calibrated statistics are an output of the run (cached below); otherwise they are an input.
+        "state": "calibrated" if calibrate else _state_digest(model.extra_state()),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@torch.inference_mode()
+def encode_loader(model: DualEncoder, loader: DataLoader, desc: str = "features") -> Features:
+    """Run ``model.encode_image`` over every batch; unreadable images are warned about and skipped."""
+    feats, idx, labels, skipped = [], [], [], []
+    for images, indices, labs, skip in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+        skipped += skip
+        if len(indices):
+            feats.append(model.encode_image(images.to(model.device, non_blocking=True)).cpu())
+            idx.append(indices)
+            labels.append(labs)
+    if not feats:
+        return Features(torch.empty(0, 0), torch.empty(0, dtype=torch.long),
+                        torch.empty(0, dtype=torch.long), skipped)
+    return Features(torch.cat(feats), torch.cat(idx), torch.cat(labels), skipped)
+
+
+def extract_features(model: DualEncoder, dataset: ImageDataset, *, batch_size: int = 64,
+                     workers: int | None = None, use_cache: bool = True,
+                     calibrate: bool = True) -> Features:
+    """Image features of every readable image of ``dataset`` under the frozen ``model``.
+
+    With ``calibrate`` and a model that needs target statistics, they are fitted on this
+    dataset first (and restored from the cache on a hit); without it, the model's current
+    statistics are used (as ``predict`` does with an adapter's).
+    """
+    workers = default_workers() if workers is None else workers
+    path = cache_dir() / f"{_cache_key(model, dataset, calibrate)}.safetensors"
+    if use_cache and path.exists():
+        blob = load_file(path)
+        state = {k[len("state."):]: v for k, v in blob.items() if k.startswith("state.")}
+        if calibrate and model.needs_calibration:
+            model.load_extra_state(state)
+        log.info("image features loaded from cache %s", path)
+        return Features(blob["features"], blob["indices"], blob["labels"], blob["skipped"].tolist(),
+                        from_cache=True)
+
+    loader = make_loader(dataset, batch_size, workers)
+    if calibrate and model.needs_calibration:
+        model.calibrate(loader)
+    out = encode_loader(model, loader, desc=f"features {dataset.name}")
+    if use_cache and len(out.indices):
+        blob = {"features": out.features.contiguous(), "indices": out.indices, "labels": out.labels,
+                "skipped": torch.tensor(out.skipped, dtype=torch.long)}
+        blob.update({f"state.{k}": v.detach().cpu().contiguous() for k, v in model.extra_state().items()})
+        with atomic_path(path) as tmp:
+            save_file(blob, str(tmp))
+    return out

@@ -1,0 +1,337 @@
+"""ReCLIP's cross-modality self-training (METHOD.md step 3), in one place.
+
+Two branches share ONE pretrained model:
+
+- ReCLIP-V trains only the affine parameters of the IMAGE tower's normalisation layers.
+  Its classifier is the label-propagation centroids of its own features.
+- ReCLIP-T trains only the affine parameters of the TEXT tower's normalisation layers.
+  Its image features come from the frozen image tower, computed once and cached.
+
+Since V never reads the text tower (its projection and class nodes are the ORIGINAL text
+embeddings, computed once) and T never runs the image tower (its image features are
+cached), both branches live in the same weights without any swapping.
+
+Each epoch: evaluate -> propagate -> train on the labels both branches agree on ->
+re-encode the full-template text embeddings. After the last epoch the model is evaluated
+once more: that evaluation is the reported ``final`` (no label ever selects an epoch).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.functional import cross_entropy
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from ..data.datasets import ImageDataset, collate
+from ..features import Features, encode_loader, make_loader
+from ..models.base import DualEncoder
+from .propagation import label_propagation
+from .zeroshot import LOGIT_SCALE, class_embeddings
+
+log = logging.getLogger(__name__)
+
+MODES = ("reclip", "v-only", "t-only")
+
+
+@dataclass
+class ReclipConfig:
+    """Hyper-parameters; the defaults are METHOD.md's (the authors' settings)."""
+
+    mode: str = "reclip"          # reclip | v-only | t-only
+    epochs: int | None = None     # None: min(epoch_max, N // 5000 + 2)
+    epoch_max: int = 100          # the reference's cap (so N // 5000 + 2 decides below 490k images)
+    batch_size: int = 64
+    lr_v: float = 1e-3
+    lr_t: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    k: int = 20
+    alpha: float = 0.99
+    cut_dim: int | None = None    # None: D (the authors used 250 above 500 classes)
+    knn: str = "exact"
+    # "mean": masked mean of the cross-entropy, like T.  "reference": the authors'
+    # mean(CE * mask) / sum(mask), which makes V learn ~batch-size times slower.
+    v_loss: str = "mean"
+    seed: int = 0
+    workers: int | None = None
+
+    def num_epochs(self, n: int) -> int:
+        return self.epochs if self.epochs is not None else min(self.epoch_max, n // 5000 + 2)
+
+    @property
+    def trains_v(self) -> bool:
+        return self.mode in ("reclip", "v-only")
+
+    @property
+    def trains_t(self) -> bool:
+        return self.mode in ("reclip", "t-only")
+
+
+@dataclass
+class Heads:
+    """Everything the combined classifier needs besides the tower weights.
+
+    ``v_classifier`` C x D (V's centroids), ``t_classifier`` C x D (first-template text
+    embeddings of the current text tower), ``t_full`` C x D (full-template embeddings:
+    T's projection and class nodes), ``t_original`` C x D (the frozen model's full-template
+    embeddings: V's projection and class nodes for the whole run).
+    """
+
+    v_classifier: torch.Tensor
+    t_classifier: torch.Tensor
+    t_full: torch.Tensor
+    t_original: torch.Tensor
+
+
+@dataclass
+class RunState:
+    """What a checkpoint must hold to resume a run exactly."""
+
+    epoch: int                                   # epochs completed
+    heads: Heads
+    history: list[dict] = field(default_factory=list)
+    passes_forward: float = 0.0                  # image-tower forward passes per image so far
+    passes_backward: float = 0.0
+
+
+def configure_model(model: DualEncoder, config: ReclipConfig) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Freeze everything but the norm affines of the trained branches; returns (V params, T params).
+
+    The module stays in eval mode: BatchNorm running statistics and dropout stay frozen.
+    """
+    model.module.eval()
+    model.module.requires_grad_(False)
+    params_v = model.image_norm_parameters() if config.trains_v else []
+    params_t = model.text_norm_parameters() if config.trains_t else []
+    for p in params_v + params_t:
+        p.requires_grad_(True)
+    return params_v, params_t
+
+
+def make_optimizer(params: list[nn.Parameter], lr: float, config: ReclipConfig) -> torch.optim.SGD | None:
+    if not params:
+        return None
+    return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def combined_logits(f_frozen: torch.Tensor, f_v: torch.Tensor, t_classifier: torch.Tensor,
+                    v_classifier: torch.Tensor, mode: str) -> torch.Tensor:
+    """N x C prediction logits: 0.5 * (logits_T + logits_V) for ReCLIP, one branch otherwise.
+
+    ``f_frozen`` N x D frozen-tower features (T's), ``f_v`` N x D V's, classifiers C x D.
+    """
+    logits_t = LOGIT_SCALE * f_frozen @ t_classifier.T
+    logits_v = LOGIT_SCALE * f_v @ v_classifier.T
+    return {"reclip": 0.5 * (logits_t + logits_v), "v-only": logits_v, "t-only": logits_t}[mode]
+
+
+def _autocast(device: torch.device):
+    # bf16 on CUDA; the norm parameters and SGD master weights stay float32.
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def text_heads(model: DualEncoder, classnames: list[list[str]], templates: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first-template C x D, full-template C x D) embeddings of the current text tower, on CPU."""
+    with torch.inference_mode(), _autocast(model.device):
+        return (class_embeddings(model, classnames, templates[:1]).float().cpu(),
+                class_embeddings(model, classnames, templates).float().cpu())
+
+
+def initial_state(model: DualEncoder, classnames: list[list[str]], templates: list[str]) -> RunState:
+    t_short, t_full = text_heads(model, classnames, templates)
+    return RunState(epoch=0, heads=Heads(v_classifier=t_full.clone(), t_classifier=t_short,
+                                         t_full=t_full, t_original=t_full.clone()))
+
+
+def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, reference: bool) -> torch.Tensor:
+    ce = cross_entropy(logits.float(), targets, reduction="none") * mask
+    return ce.mean() / mask.sum() if reference else ce.sum() / mask.sum()
+
+
+def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates: list[str],
+          config: ReclipConfig, state: RunState | None = None,
+          on_epoch_end: Callable[[RunState, dict[str, torch.optim.Optimizer | None]], None] | None = None,
+          optimizer_state: dict[str, dict] | None = None,
+          ) -> tuple[RunState, torch.Tensor, torch.Tensor]:
+    """Run ReCLIP self-training on the readable images of ``dataset``.
+
+    ``frozen`` holds the frozen image tower's features (N x D) in dataset order. Pass a
+    ``state`` (and ``optimizer_state``) from a checkpoint to resume after ``state.epoch``
+    epochs. ``on_epoch_end`` is called after every epoch (checkpointing). Returns the final
+    state, the final N x D features of V and the final N x C prediction logits.
+    """
+    classnames = dataset.classnames
+    n = len(frozen.indices)
+    epochs = config.num_epochs(n)
+    device = model.device
+    params_v, params_t = configure_model(model, config)
+    opt_v = make_optimizer(params_v, config.lr_v, config)
+    opt_t = make_optimizer(params_t, config.lr_t, config)
+    optimizers = {"v": opt_v, "t": opt_t}
+    for name, opt in optimizers.items():
+        if opt is not None and optimizer_state and name in optimizer_state:
+            opt.load_state_dict(optimizer_state[name])
+    if state is None:
+        state = initial_state(model, classnames, templates)
+
+    readable = Subset(dataset, frozen.indices.tolist())
+    eval_loader = make_loader(readable, config.batch_size, workers=_workers(config))
+    row_of = torch.full((len(dataset),), -1, dtype=torch.long)
+    row_of[frozen.indices] = torch.arange(n)
+    labels = frozen.labels
+    has_labels = bool((labels >= 0).any())
+
+    # V's features: the frozen ones until V has trained (a resumed run re-encodes them)
+    f_v = evaluate_v(model, eval_loader, state) if config.trains_v and state.epoch > 0 else frozen.features
+    for epoch in range(state.epoch, epochs):
+        start = time.perf_counter()
+        h = state.heads
+        # 1. evaluate both branches (f_v was computed after the previous training pass)
+        logits = combined_logits(frozen.features, f_v, h.t_classifier, h.v_classifier, config.mode)
+        stats: dict = {"epoch": epoch}
+        if has_labels:
+            stats.update(_accuracies(frozen.features, f_v, h, labels, logits))
+
+        # 2. label propagation: T on frozen features with the current text embeddings,
+        #    V on its own features with the original text embeddings; V's classifier <- centroids
+        lp_kw = dict(k=config.k, alpha=config.alpha, cut_dim=config.cut_dim, knn=config.knn, device=device)
+        lp_t = label_propagation(frozen.features, h.t_full, **lp_kw) if config.trains_t else None
+        lp_v = label_propagation(f_v, h.t_original, **lp_kw) if config.trains_v else None
+        if lp_v is not None:
+            h.v_classifier = lp_v.centroids.float().cpu()
+        pseudo_t = lp_t.labels if lp_t is not None else lp_v.labels
+        pseudo_v = lp_v.labels if lp_v is not None else lp_t.labels
+        agree = pseudo_t == pseudo_v
+        stats["agreement"] = agree.float().mean().item()
+        if has_labels:
+            known = labels >= 0
+            if lp_t is not None:
+                stats["pseudo_label_acc_t"] = (pseudo_t == labels)[known].float().mean().item()
+            if lp_v is not None:
+                stats["pseudo_label_acc_v"] = (pseudo_v == labels)[known].float().mean().item()
+
+        # 3. one shuffled pass over the agreed samples
+        losses = train_pass(model, dataset, frozen, row_of, pseudo_t, pseudo_v, h, templates, config,
+                            epoch, opt_v, opt_t)
+        stats.update(losses)
+        state.passes_backward += 1.0 if opt_v is not None else 0.0
+        state.passes_forward += 1.0 if opt_v is not None else 0.0
+
+        # 4. refresh T's text embeddings; re-evaluate V with its updated tower
+        if opt_t is not None:
+            h.t_classifier, h.t_full = text_heads(model, classnames, templates)
+        if opt_v is not None:
+            f_v = evaluate_v(model, eval_loader, state)
+        stats["seconds"] = round(time.perf_counter() - start, 3)
+        state.history.append(stats)
+        state.epoch = epoch + 1
+        log.info("epoch %d: %s", epoch, stats)
+        print(_summary(stats, epochs))
+        if on_epoch_end is not None:
+            on_epoch_end(state, optimizers)
+
+    return state, f_v, combined_logits(frozen.features, f_v, state.heads.t_classifier, state.heads.v_classifier, config.mode)
+
+
+def _workers(config: ReclipConfig) -> int:
+    from ..features import default_workers
+    return default_workers() if config.workers is None else config.workers
+
+
+def evaluate_v(model: DualEncoder, loader: DataLoader, state: RunState) -> torch.Tensor:
+    """N x D features of V's (current) image tower."""
+    with _autocast(model.device):
+        feats = encode_loader(model, loader, desc="evaluate V").features
+    state.passes_forward += 1.0
+    return feats
+
+
+def train_pass(model: DualEncoder, dataset: ImageDataset, frozen: Features, row_of: torch.Tensor,
+               pseudo_t: torch.Tensor, pseudo_v: torch.Tensor, heads: Heads, templates: list[str],
+               config: ReclipConfig, epoch: int, opt_v: torch.optim.Optimizer | None,
+               opt_t: torch.optim.Optimizer | None) -> dict[str, float]:
+    """One shuffled pass; each batch trains each branch on the samples whose pseudo labels agree.
+
+    The shuffle order depends only on (seed, epoch), so a resumed run replays it exactly.
+    """
+    device = model.device
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    readable = Subset(dataset, frozen.indices.tolist())
+    if opt_v is None:  # T alone never runs the image tower: iterate over cached features
+        batches = torch.randperm(len(readable), generator=generator).split(config.batch_size)
+        loader = ((None, frozen.indices[rows], None, []) for rows in batches)
+        total = len(batches)
+    else:
+        loader = DataLoader(readable, batch_size=config.batch_size, shuffle=True, generator=generator,
+                            num_workers=_workers(config), collate_fn=collate)
+        total = len(loader)
+    sums = {"loss_t": 0.0, "loss_v": 0.0, "agreed": 0, "seen": 0}
+    bar = tqdm(loader, total=total, desc=f"train epoch {epoch}", unit="batch", leave=False, disable=None)
+    for images, indices, _, _ in bar:
+        rows = row_of[indices]
+        mask = (pseudo_t[rows] == pseudo_v[rows]).float().to(device)
+        sums["seen"] += len(rows)
+        if mask.sum() == 0:
+            continue
+        sums["agreed"] += int(mask.sum().item())
+        with _autocast(device):
+            if opt_t is not None:
+                # T: frozen image features against first-template prompts, encoded once per step
+                t_short = class_embeddings(model, dataset.classnames, templates[:1])
+                logits_t = LOGIT_SCALE * frozen.features[rows].to(device) @ t_short.float().T
+                loss_t = masked_ce(logits_t, pseudo_t[rows].to(device), mask, reference=False)
+                opt_t.zero_grad(set_to_none=True)
+                loss_t.backward()
+                opt_t.step()
+                sums["loss_t"] += loss_t.item() * len(rows)
+            if opt_v is not None:
+                # V: its own image features against its (fixed during the pass) centroid classifier
+                f = model.encode_image(images.to(device, non_blocking=True))
+                logits_v = LOGIT_SCALE * f.float() @ heads.v_classifier.to(device).T
+                loss_v = masked_ce(logits_v, pseudo_v[rows].to(device), mask,
+                                   reference=config.v_loss == "reference")
+                opt_v.zero_grad(set_to_none=True)
+                loss_v.backward()
+                opt_v.step()
+                sums["loss_v"] += loss_v.item() * len(rows)
+        bar.set_postfix(agree=f"{sums['agreed'] / sums['seen']:.3f}",
+                        loss_t=f"{sums['loss_t'] / sums['seen']:.3f}", loss_v=f"{sums['loss_v'] / sums['seen']:.3f}")
+    seen = max(sums["seen"], 1)
+    out = {"agreed_trained": sums["agreed"]}
+    if opt_t is not None:
+        out["loss_t"] = sums["loss_t"] / seen
+    if opt_v is not None:
+        out["loss_v"] = sums["loss_v"] / seen
+    return out
+
+
+def _accuracies(f_frozen: torch.Tensor, f_v: torch.Tensor, heads: Heads, labels: torch.Tensor,
+                logits: torch.Tensor) -> dict[str, float]:
+    known = labels >= 0
+    acc = lambda lg: (lg.argmax(dim=-1) == labels)[known].float().mean().item()  # noqa: E731
+    return {"top1": acc(logits),
+            "top1_t": acc(f_frozen @ heads.t_classifier.T),
+            "top1_v": acc(f_v @ heads.v_classifier.T)}
+
+
+def _summary(stats: dict, epochs: int) -> str:
+    parts = [f"epoch {stats['epoch'] + 1}/{epochs}"]
+    for key in ("top1", "top1_t", "top1_v", "pseudo_label_acc_t", "pseudo_label_acc_v", "agreement",
+                "loss_t", "loss_v"):
+        if key in stats:
+            parts.append(f"{key} {stats[key]:.4f}")
+    parts.append(f"{stats['seconds']:.1f} s")
+    return "  ".join(parts)
+
+
+def config_dict(config: ReclipConfig) -> dict:
+    d = asdict(config)
+    d.pop("workers")
+    return d
+

@@ -1,0 +1,53 @@
+"""``report.png``: how a ReCLIP run went, epoch by epoch."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+
+
+def plot_report(path: str | Path, history: list[dict], zero_shot: dict, final: dict, title: str) -> None:
+    """Accuracy and pseudo-label accuracy per epoch (when labels exist), agreement and losses.
+
+    ``history`` holds one dict per epoch (evaluated before that epoch's training pass);
+    ``final`` is the evaluation after the last pass, drawn at x = number of epochs.
+    """
+    epochs = [h["epoch"] for h in history]
+    has_labels = "top1" in zero_shot
+    fig, axes = plt.subplots(1, 3 if has_labels else 2, figsize=(15 if has_labels else 10, 4))
+    ax_iter = iter(axes)
+    if has_labels:
+        ax = next(ax_iter)
+        x_eval = epochs + [len(history)]
+        for key, label in (("top1", "ReCLIP (combined)"), ("top1_t", "ReCLIP-T"), ("top1_v", "ReCLIP-V")):
+            ys = [h.get(key) for h in history] + [final.get(key)]
+            if all(y is not None for y in ys):
+                ax.plot(x_eval, [100 * y for y in ys], marker="o", label=label)
+        for key, label in (("pseudo_label_acc_t", "pseudo labels T"), ("pseudo_label_acc_v", "pseudo labels V")):
+            if all(key in h for h in history):
+                ax.plot(epochs, [100 * h[key] for h in history], ls="--", marker=".", label=label)
+        ax.axhline(100 * zero_shot["top1"], color="grey", ls=":", label="zero-shot")
+        ax.set(xlabel="epochs trained", ylabel="top-1 (%)", title="accuracy")
+        ax.legend(fontsize=8)
+    ax = next(ax_iter)
+    ax.plot(epochs, [100 * h["agreement"] for h in history], marker="o", color="tab:green")
+    ax.set(xlabel="epoch", ylabel="agreeing pseudo labels (%)", title="T/V agreement", ylim=(0, 101))
+    ax = next(ax_iter)
+    for key, label in (("loss_t", "loss T"), ("loss_v", "loss V")):
+        if all(key in h for h in history):
+            ax.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel="cross-entropy on agreed samples", title="training loss")
+    ax.legend(fontsize=8)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
