@@ -104,12 +104,8 @@ def build_open_clip(spec: str, pretrained: str | None, device: str | torch.devic
         _check_pretrained(arch, pretrained)
         pretrained = str(Path(pretrained).expanduser()) if Path(pretrained).expanduser().exists() else pretrained
 
-    # The tiny model is random: seed its initialisation so every run builds the same one.
-    seeded = torch.random.fork_rng(devices=[]) if spec == "tiny" else contextlib.nullcontext()
     try:
-        with seeded:
-            if spec == "tiny":
-                torch.manual_seed(TINY_SEED)
+        with _seeded_random_init() if spec == "tiny" else contextlib.nullcontext():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, device=device)
     except ReclipError:
