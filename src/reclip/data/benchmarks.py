@@ -1,0 +1,370 @@
+"""Named benchmarks: where their data lives and how to read their standard splits.
+
+``BENCHMARKS`` maps each canonical name to a ``Benchmark``. Most are read through
+torchvision's dataset classes (the same classes clip_benchmark's ``build_dataset``
+wraps; we call them directly so that a missing dataset never triggers clip_benchmark's
+shell downloads (wget, kaggle) and a failed download is reported, not retried).
+MNIST and Fashion-MNIST are read from IDX files with ``reclip.data.idx``, so a plain
+folder of the four IDX files (such as Debian's ``dataset-fashion-mnist``) works offline.
+FER2013, RESISC45 and ImageNet have no automatic download and are read from class folders.
+
+A loader returns a ``Source``; when the data is absent (and cannot be downloaded) it
+raises ``DataMissing``, which ``load_benchmark`` turns into a one-line ``ReclipError``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torchvision.datasets as tvd
+from clip_benchmark.datasets.caltech101 import Caltech101
+from PIL import Image
+
+from reclip.data.idx import read_idx
+from reclip.data.images import (
+    ArrayImages,
+    FileImages,
+    Source,
+    UnreadableImage,
+    describe_error,
+    scan_class_folders,
+    to_rgb,
+)
+from reclip.data.prompts import normalize_name
+from reclip.errors import ReclipError
+
+DATA_HOME_ENV = "RECLIP_DATA"
+DEFAULT_DATA_HOME = Path("~/.cache/reclip/datasets")
+DOWNLOAD_TIMEOUT_S = 30.0  # per network operation, so an unreachable host fails fast
+
+Loader = Callable[[Path, str, bool], Source]  # (root, split, download) -> Source
+T = TypeVar("T")
+
+DOWNLOAD_HINT = (
+    "run once with internet access to download it there, "
+    "or copy the data there (pick the folder with root= or the RECLIP_DATA variable)"
+)
+
+
+class DataMissing(Exception):
+    """The benchmark's data is not at ``expected`` and could not be downloaded."""
+
+    def __init__(self, expected: Path, reason: str) -> None:
+        super().__init__(f"{expected}: {reason}")
+        self.expected = expected
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """How to load one named benchmark.
+
+    ``splits`` are the accepted split names, the standard evaluation split first.
+    ``hint`` tells the user how to get the data; ``system_roots`` are folders where an
+    operating-system package may have installed it, tried when no root is given;
+    ``requires`` are optional packages the loader imports.
+    """
+
+    load: Loader
+    splits: tuple[str, ...] = ("test", "train")
+    hint: str = DOWNLOAD_HINT
+    system_roots: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+
+
+# --- torchvision datasets ------------------------------------------------------------
+
+def _split_kwarg(split: str) -> dict[str, Any]:
+    return {"split": split}
+
+
+def _train_kwarg(split: str) -> dict[str, Any]:
+    return {"train": split == "train"}
+
+
+def _no_split(split: str) -> dict[str, Any]:
+    return {}
+
+
+def _spaces(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def _sun397_name(name: str) -> str:
+    return name.replace("_", " ").replace("/", " ")  # "apartment_building/outdoor"
+
+
+def _targets(dataset: Any) -> np.ndarray:
+    """The labels of a torchvision dataset, read from its index (no image is decoded)."""
+    for attribute in ("targets", "labels", "_labels", "y"):
+        if hasattr(dataset, attribute):
+            return np.asarray(getattr(dataset, attribute), dtype=np.int64)
+    return np.array([label for _, label in dataset._samples], dtype=np.int64)  # GTSRB, cars, SST2
+
+
+def _pcam_targets(dataset: tvd.PCAM) -> np.ndarray:
+    """PCAM keeps its labels in an HDF5 file; read them all at once."""
+    targets_file = dataset._base_folder / dataset._FILES[dataset._split]["targets"][0]
+    with dataset.h5py.File(targets_file) as targets:
+        return np.asarray(targets["y"][:, 0, 0, 0], dtype=np.int64)
+
+
+def _image_paths(dataset: Any) -> list[str] | None:
+    """The per-item image files of a torchvision dataset, when it lists them."""
+    if hasattr(dataset, "_image_files"):
+        return [str(p) for p in dataset._image_files]
+    samples = getattr(dataset, "samples", None) or getattr(dataset, "_samples", None)
+    return None if samples is None else [str(path) for path, _ in samples]
+
+
+class TorchvisionImages:
+    """The images of a torchvision dataset built without a transform."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Image.Image:
+        try:
+            image = self.dataset[index][0]
+        # Any decoding failure makes this one item unusable (see images.open_image).
+        except Exception as exc:
+            raise UnreadableImage(
+                f"cannot read item {index} of {type(self.dataset).__name__} in {self.dataset.root} "
+                f"({describe_error(exc)}); "
+                "re-download the dataset"
+            ) from exc
+        return to_rgb(image)
+
+
+def _torchvision(
+    cls: type,
+    location: str,
+    splits: tuple[str, ...] = ("test", "train"),
+    split_kwargs: Callable[[str], dict[str, Any]] = _split_kwarg,
+    tidy: Callable[[str], str] = _spaces,
+    targets: Callable[[Any], np.ndarray] = _targets,
+    hint: str = DOWNLOAD_HINT,
+    requires: tuple[str, ...] = (),
+    **fixed: Any,
+) -> Benchmark:
+    """A benchmark read by torchvision's ``cls``; its files sit in ``root/location``."""
+
+    def load(root: Path, split: str, download: bool) -> Source:
+        dataset = _build(
+            lambda dl: cls(str(root), download=dl, **split_kwargs(split), **fixed), root / location, download
+        )
+        paths = _image_paths(dataset)
+        classes = getattr(dataset, "classes", None)
+        return Source(
+            images=TorchvisionImages(dataset) if paths is None else FileImages(paths),
+            labels=targets(dataset),
+            classnames=None if classes is None else [[tidy(str(c))] for c in classes],
+            paths=paths,
+            files=paths if paths is not None else _files_below(root / location),
+        )
+
+    return Benchmark(load, splits, hint, requires=requires)
+
+
+def _build(make: Callable[[bool], T], expected: Path, download: bool) -> T:
+    """``make(download=False)``; if the data is absent, ``make(download=True)`` when allowed."""
+    try:
+        return make(False)
+    except (RuntimeError, OSError) as exc:  # torchvision: "Dataset not found or corrupted"
+        if not download:
+            raise DataMissing(expected, "not there and download=False") from exc
+    try:
+        with _network_timeout(DOWNLOAD_TIMEOUT_S):
+            return make(True)
+    # URLError and timeouts are OSErrors; torchvision raises RuntimeError on a bad
+    # checksum and ValueError where the download is no longer offered (StanfordCars).
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise DataMissing(expected, f"download failed: {describe_error(exc)}") from exc
+
+
+@contextmanager
+def _network_timeout(seconds: float) -> Iterator[None]:
+    """Make every socket operation in the block give up after ``seconds``."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _files_below(folder: Path) -> list[str]:
+    """Every file below ``folder``, sorted (for fingerprints of datasets without per-image files)."""
+    return sorted(os.path.join(parent, f) for parent, _, files in os.walk(folder) for f in files)
+
+
+# --- MNIST-style IDX files -----------------------------------------------------------
+
+_IDX_PREFIX = {"test": "t10k", "train": "train"}
+
+
+def _find_idx(folder: Path, split: str) -> tuple[Path, Path] | None:
+    """The (images, labels) IDX files of ``split`` in ``folder``, gzipped or not."""
+    prefix = _IDX_PREFIX[split]
+    found = []
+    for kind, dims in (("images", 3), ("labels", 1)):
+        candidates = [folder / f"{prefix}-{kind}{sep}idx{dims}-ubyte{gz}" for sep in "-." for gz in ("", ".gz")]
+        match = next((p for p in candidates if p.is_file()), None)
+        if match is None:
+            return None
+        found.append(match)
+    return found[0], found[1]
+
+
+def _idx(cls: type[tvd.MNIST], system_roots: tuple[str, ...] = ()) -> Benchmark:
+    """MNIST-style IDX files in ``root`` or in torchvision's ``root/<Class>/raw``."""
+
+    def load(root: Path, split: str, download: bool) -> Source:
+        raw = root / cls.__name__ / "raw"
+        files = _find_idx(root, split) or _find_idx(raw, split)
+        if files is None:
+            _build(lambda dl: cls(str(root), train=split == "train", download=dl), raw, download)
+            files = _find_idx(raw, split)
+        if files is None:
+            raise DataMissing(raw, f"no {_IDX_PREFIX[split]}-images/labels IDX files")
+        images, labels = (read_idx(f) for f in files)
+        if images.ndim != 3 or labels.shape != images.shape[:1]:
+            raise ReclipError(
+                f"{files[0]} and {files[1]} do not match ({images.shape} vs {labels.shape}); re-download them"
+            )
+        return Source(
+            images=ArrayImages(images),
+            labels=labels.astype(np.int64),
+            classnames=[[str(c)] for c in cls.classes],
+            files=[str(f) for f in files],
+        )
+
+    return Benchmark(load, ("test", "train"), system_roots=system_roots)
+
+
+# --- class folders without automatic download ------------------------------------------
+
+def _class_folders(split_dirs: Mapping[str, str], hint: str) -> Benchmark:
+    """Images in ``root/<split dir>/<class>/``, classes in sorted folder order."""
+
+    def load(root: Path, split: str, download: bool) -> Source:
+        folder = root / split_dirs[split]
+        if not folder.is_dir():
+            raise DataMissing(folder, "no such folder")
+        source = scan_class_folders(folder)
+        if source is None:
+            raise DataMissing(folder, "no class sub-folders with images")
+        return source
+
+    return Benchmark(load, tuple(split_dirs), hint)
+
+
+# --- the registry ----------------------------------------------------------------------
+
+WHOLE_DATASET = ("test",)  # no official split: "test" is the whole dataset, as in clip_benchmark
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "cifar10": _torchvision(tvd.CIFAR10, "cifar-10-batches-py", split_kwargs=_train_kwarg),
+    "cifar100": _torchvision(tvd.CIFAR100, "cifar-100-python", split_kwargs=_train_kwarg),
+    "mnist": _idx(tvd.MNIST),
+    "fashion_mnist": _idx(tvd.FashionMNIST, system_roots=("/usr/share/datasets/fashion-mnist",)),
+    "stl10": _torchvision(tvd.STL10, "stl10_binary", ("test", "train", "unlabeled")),
+    "dtd": _torchvision(tvd.DTD, "dtd", ("test", "train", "val")),
+    "eurosat": _torchvision(tvd.EuroSAT, "eurosat", WHOLE_DATASET, _no_split),
+    "gtsrb": _torchvision(tvd.GTSRB, "gtsrb"),
+    "food101": _torchvision(tvd.Food101, "food-101"),
+    "flowers102": _torchvision(tvd.Flowers102, "flowers-102", ("test", "train", "val")),
+    "oxford_pets": _torchvision(tvd.OxfordIIITPet, "oxford-iiit-pet", ("test", "trainval")),
+    "fgvc_aircraft": _torchvision(
+        tvd.FGVCAircraft, "fgvc-aircraft-2013b", ("test", "train", "val", "trainval"), annotation_level="variant"
+    ),
+    "stanford_cars": _torchvision(
+        tvd.StanfordCars,
+        "stanford_cars",
+        hint="its official download is gone: get the Stanford Cars archive with its devkit (e.g. from Kaggle) "
+        "and unpack it there",
+    ),
+    "country211": _torchvision(tvd.Country211, "country211", ("test", "train", "valid")),
+    "pcam": _torchvision(tvd.PCAM, "pcam", ("test", "train", "val"), targets=_pcam_targets, requires=("h5py",)),
+    "renderedsst2": _torchvision(tvd.RenderedSST2, "rendered-sst2", ("test", "train", "val")),
+    "sun397": _torchvision(tvd.SUN397, "SUN397", WHOLE_DATASET, _no_split, tidy=_sun397_name),
+    # clip_benchmark's Caltech101 keeps the background class, matching its 102 class names.
+    "caltech101": _torchvision(Caltech101, "caltech101", WHOLE_DATASET, _no_split, target_type="category"),
+    "fer2013": _class_folders(
+        {"test": "test", "train": "train"},
+        hint="download it from https://www.kaggle.com/datasets/msambare/fer2013 and unzip it there",
+    ),
+    "resisc45": _class_folders(
+        {"test": "."},
+        hint="download NWPU-RESISC45 and unpack it there, one sub-folder per class",
+    ),
+    "imagenet": _class_folders(
+        {"test": "val", "val": "val", "train": "train"},
+        hint="put the ILSVRC2012 images there as val/<wnid>/*.JPEG "
+        "(1000 class folders, e.g. as prepared by torchvision's ImageNet)",
+    ),
+}
+
+# Other spellings, mostly clip_benchmark's names. Case, '-', '_' and spaces never matter.
+ALIASES: dict[str, str] = {
+    "pets": "oxford_pets",
+    "oxford_iiit_pet": "oxford_pets",
+    "flowers": "flowers102",
+    "cars": "stanford_cars",
+    "imagenet1k": "imagenet",
+    "rendered_sst2": "renderedsst2",
+}
+
+_BY_NORMALIZED_NAME: dict[str, str] = {
+    normalize_name(spelling): name
+    for spelling, name in [*((n, n) for n in BENCHMARKS), *ALIASES.items()]
+}
+
+
+def canonical_name(name: str) -> str | None:
+    """The registry name for any spelling of a benchmark ('Fashion-MNIST' -> 'fashion_mnist'), or None."""
+    return _BY_NORMALIZED_NAME.get(normalize_name(name))
+
+
+def data_home() -> Path:
+    """The folder holding one sub-folder per benchmark: ``$RECLIP_DATA`` or ``~/.cache/reclip/datasets``."""
+    return Path(os.environ.get(DATA_HOME_ENV) or DEFAULT_DATA_HOME).expanduser()
+
+
+def benchmark_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
+    """``root`` if given; else the default folder, or a system folder that exists when the default does not."""
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    default = data_home() / name
+    candidates = [default, *map(Path, BENCHMARKS[name].system_roots)]
+    return next((p for p in candidates if p.is_dir()), default).resolve()
+
+
+def load_benchmark(name: str, root: Path, split: str, download: bool = True) -> Source:
+    """Read split ``split`` of the registered benchmark ``name`` from ``root``.
+
+    Raises ``ReclipError`` (one line, naming the expected location and how to get the
+    data) when the split is unknown, the data is missing or a package is not installed.
+    """
+    benchmark = BENCHMARKS[name]
+    if split not in benchmark.splits:
+        raise ReclipError(f"benchmark {name} has no split '{split}'; use one of: {', '.join(benchmark.splits)}")
+    for package in benchmark.requires:
+        if importlib.util.find_spec(package) is None:
+            raise ReclipError(f"benchmark {name} needs the {package} package; install it with: pip install {package}")
+    try:
+        return benchmark.load(root, split, download)
+    except DataMissing as exc:
+        raise ReclipError(
+            f"benchmark {name} ({split} split) not found at {exc.expected} ({exc.reason}); {benchmark.hint}"
+        ) from exc

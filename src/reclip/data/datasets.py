@@ -1,0 +1,388 @@
+"""``load_dataset``: one entry point for class folders, flat folders, CSV/TSV lists and benchmarks.
+
+Every form becomes an ``ImageDataset`` whose items are ``(image, index, label)``; an
+image that cannot be decoded comes back as None (with one warning naming the file) so
+a long run is not lost to one bad file, and ``collate`` drops it from the batch and
+reports its index.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from reclip.data.benchmarks import BENCHMARKS, benchmark_root, canonical_name, load_benchmark
+from reclip.data.images import (
+    IMAGE_EXTENSIONS,
+    FileImages,
+    Source,
+    UnreadableImage,
+    is_image_file,
+    list_images,
+    scan_class_folders,
+)
+from reclip.data.prompts import benchmark_templates, get_classnames, read_classnames
+from reclip.errors import ReclipError
+
+ClassNames = list[list[str]]
+ClassNamesArg = str | os.PathLike[str] | Sequence[str | Sequence[str]] | None  # a file or a list
+Item = tuple[Any, int, int]  # (image or None, index, label)
+
+_TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+_NEED_CLASSNAMES = "pass --classnames FILE (one class name per line)"
+
+
+class SkippedImageWarning(UserWarning):
+    """An unreadable image was skipped (its item's image is None)."""
+
+
+class ImageDataset(Dataset):
+    """Images with optional labels and the class names they refer to.
+
+    Attributes: ``name`` (benchmark name or folder/file name), ``spec`` (what was
+    passed to ``load_dataset``), ``root`` (resolved folder or file), ``split``,
+    ``classnames`` (one list of synonyms per class, display name first), ``labels``
+    (int64, one per image, -1 where unknown), ``paths`` (image files, or None when the
+    images are stored in archives or arrays), ``templates`` (the benchmark's prompt
+    templates, or None), ``transform`` (applied to each RGB PIL image) and ``strict``
+    (raise on unreadable images instead of skipping them).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        classnames: ClassNames,
+        *,
+        name: str,
+        spec: str,
+        root: str,
+        split: str,
+        templates: list[str] | None = None,
+        transform: Callable[[Any], Any] | None = None,
+        strict: bool = False,
+    ) -> None:
+        if len(source.labels) != len(source.images):
+            raise ValueError(f"{len(source.images)} images but {len(source.labels)} labels")
+        self.name = name
+        self.spec = spec
+        self.root = root
+        self.split = split
+        self.classnames = classnames
+        self.labels = np.asarray(source.labels, dtype=np.int64)
+        self.paths = source.paths
+        self.templates = templates
+        self.transform = transform
+        self.strict = strict
+        self._images = source.images
+        self._files = list(source.files)
+        self._warned: set[int] = set()
+
+    @property
+    def has_labels(self) -> bool:
+        """True when at least one image has a known label."""
+        return bool((self.labels >= 0).any())
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Item:
+        """``(transformed image, index, label)``; the image is None when it cannot be read."""
+        label = int(self.labels[index])
+        try:
+            image = self._images[index]
+        except UnreadableImage as exc:
+            if self.strict:
+                raise
+            self._warn_once(index, exc)
+            return None, index, label
+        return (self.transform(image) if self.transform is not None else image), index, label
+
+    def fingerprint(self) -> str:
+        """A stable hash of what the images are: spec, root, split, size and file sizes/mtimes.
+
+        Use it to key cached image features (together with the model and its transform).
+        """
+        digest = hashlib.sha256(json.dumps([self.spec, self.root, self.split, len(self)]).encode())
+        for file in self._files:
+            try:
+                stat = os.stat(file)
+                digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{file}\0missing\n".encode())
+        return digest.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageDataset(name={self.name!r}, split={self.split!r}, images={len(self)}, "
+            f"classes={len(self.classnames)}, labelled={int((self.labels >= 0).sum())})"
+        )
+
+    def _warn_once(self, index: int, exc: UnreadableImage) -> None:
+        if index not in self._warned:
+            self._warned.add(index)
+            warnings.warn(f"skipping unreadable image: {exc}", SkippedImageWarning, stacklevel=3)
+
+
+def collate(batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """DataLoader ``collate_fn`` that drops unreadable images.
+
+    Returns ``(images B x C x H x W, indices (B,), labels (B,), skipped)`` where
+    ``skipped`` lists the dataset indices whose image was None. ``images`` has shape
+    (0, 0, 0, 0) when every image of the batch was skipped.
+    """
+    kept = [item for item in batch if item[0] is not None]
+    images = torch.stack([image for image, _, _ in kept]) if kept else torch.empty(0, 0, 0, 0)
+    indices = torch.tensor([index for _, index, _ in kept], dtype=torch.long)
+    labels = torch.tensor([label for _, _, label in kept], dtype=torch.long)
+    return images, indices, labels, [index for image, index, _ in batch if image is None]
+
+
+def load_dataset(
+    spec: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
+    split: str = "test",
+    transform: Callable[[Any], Any] | None = None,
+    classnames: ClassNamesArg = None,
+    strict: bool = False,
+    *,
+    download: bool = True,
+) -> ImageDataset:
+    """Load images from a folder, a CSV/TSV list or a named benchmark.
+
+    ``spec`` forms:
+
+    - a folder with one sub-folder per class (sorted order gives the label index);
+    - a flat folder of images, with ``classnames`` (labels are then all -1);
+    - a ``.csv``/``.tsv`` file of ``path[,label]`` rows (optional header; relative paths
+      are relative to the file; a label is a class index or a class name; empty = unknown);
+    - a benchmark name such as ``cifar10`` or ``fashion-mnist`` (case, ``-`` and ``_`` do
+      not matter), read from ``root`` (default ``$RECLIP_DATA/<name>`` or
+      ``~/.cache/reclip/datasets/<name>``), downloaded there when ``download`` is True and
+      the data is missing. A bare benchmark name always means the benchmark; write
+      ``./cifar10`` for a local folder of that name.
+
+    ``classnames`` (a class-names file or a list; an entry may be a list of synonyms)
+    replaces the class names found in the data. It is matched by name when every found
+    class appears in it, else by position (the counts must then be equal).
+    ``root`` is only used for benchmarks; ``split`` only selects a benchmark split.
+    Raises ``ReclipError`` with a one-line message for any problem the user can fix.
+    """
+    given = _given_classnames(classnames)
+    text = os.fspath(spec)
+    name = None if isinstance(spec, os.PathLike) or _looks_like_path(text) else canonical_name(text)
+    if name is not None:
+        folder = benchmark_root(name, root)
+        source, names = _benchmark_source(name, folder, split, given, download)
+        return ImageDataset(
+            source, names, name=name, spec=text, root=str(folder), split=split,
+            templates=benchmark_templates(name), transform=transform, strict=strict,
+        )
+    path = Path(text).expanduser()
+    if path.is_dir():
+        source, names = _folder_source(path, given)
+    elif path.is_file() and path.suffix.lower() in _TABLE_DELIMITERS:
+        source, names = _table_source(path, given)
+    else:
+        raise _bad_spec(text, path)
+    resolved = path.resolve()
+    return ImageDataset(
+        source, names, name=resolved.stem if resolved.is_file() else resolved.name, spec=text,
+        root=str(resolved), split=split, transform=transform, strict=strict,
+    )
+
+
+# --- class names given by the user ------------------------------------------------------
+
+class _GivenClasses(NamedTuple):
+    names: ClassNames
+    origin: str  # "class-names file X" or "the classnames list", for messages
+
+
+def _given_classnames(classnames: ClassNamesArg) -> _GivenClasses | None:
+    """The user's class names (file or list) with a description of where they came from."""
+    if classnames is None:
+        return None
+    if isinstance(classnames, (str, os.PathLike)):
+        return _GivenClasses(read_classnames(classnames), f"class-names file {os.fspath(classnames)}")
+    names = [[entry] if isinstance(entry, str) else list(entry) for entry in classnames]
+    if not names or not all(names):
+        raise ReclipError("the classnames list is empty or has an empty entry; give one name (or synonyms) per class")
+    return _GivenClasses(names, "the classnames list")
+
+
+def _attach_classnames(
+    source: Source, given: _GivenClasses | None, found: str, by_position: bool
+) -> tuple[Source, ClassNames]:
+    """The final class list, with ``source.labels`` re-indexed into it when needed.
+
+    ``found`` describes the classes of the data for messages ("folder X has 3 class
+    folders"). Given names replace found ones by name, or else by position when
+    ``by_position`` and the counts agree.
+    """
+    if given is None:
+        assert source.classnames is not None  # callers ask for class names before this
+        return source, source.classnames
+    if source.classnames is None:
+        top = int(source.labels.max(initial=-1))
+        if top >= len(given.names):
+            raise ReclipError(
+                f"{found} uses label {top} but {given.origin} lists {len(given.names)} classes "
+                "(labels count from 0); give one class per label"
+            )
+        return source, given.names
+    mapping = _map_by_name(source.classnames, given.names)
+    if (mapping >= 0).all():
+        labels = np.where(source.labels >= 0, mapping[source.labels], -1)
+        return replace(source, labels=labels), given.names
+    if by_position and len(source.classnames) == len(given.names):
+        return source, given.names
+    missing = source.classnames[int(np.argmin(mapping))][0]
+    detail = "" if by_position else f" and it does not name '{missing}'"
+    raise ReclipError(
+        f"{given.origin} lists {len(given.names)} classes but {found}{detail}; "
+        "give one line per class (synonyms separated by |)"
+    )
+
+
+def _map_by_name(found: ClassNames, given: ClassNames) -> np.ndarray:
+    """For each found class, the index of the given class sharing one of its names, or -1."""
+    index: dict[str, int] = {}
+    for i, synonyms in enumerate(given):
+        for synonym in synonyms:
+            index.setdefault(_name_key(synonym), i)
+    return np.array(
+        [next((index[_name_key(s)] for s in synonyms if _name_key(s) in index), -1) for synonyms in found],
+        dtype=np.int64,
+    )
+
+
+def _name_key(name: str) -> str:
+    """Names compare ignoring case, '_' versus space and repeated spaces."""
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
+# --- the forms of spec ------------------------------------------------------------------
+
+def _benchmark_source(
+    name: str, folder: Path, split: str, given: _GivenClasses | None, download: bool
+) -> tuple[Source, ClassNames]:
+    """A benchmark's data, named by clip_benchmark's class names where it ships them."""
+    source = load_benchmark(name, folder, split, download)
+    shipped = get_classnames(name)
+    if shipped is not None:
+        if source.classnames is not None and len(source.classnames) != len(shipped):
+            raise ReclipError(
+                f"the {name} data at {folder} has {len(source.classnames)} classes but {name} has {len(shipped)}; "
+                "check that the data is complete"
+            )
+        source = replace(source, classnames=shipped)
+    if source.classnames is None:
+        raise ReclipError(f"the {name} data at {folder} does not name its classes; {_NEED_CLASSNAMES}")
+    return _attach_classnames(source, given, f"benchmark {name} has {len(source.classnames)} classes", by_position=True)
+
+
+def _folder_source(folder: Path, given: _GivenClasses | None) -> tuple[Source, ClassNames]:
+    """Class sub-folders, or a flat folder of unlabelled images (which needs class names)."""
+    source = scan_class_folders(folder)
+    if source is not None:
+        loose = sum(1 for p in folder.iterdir() if p.is_file() and is_image_file(p))
+        if loose:
+            warnings.warn(f"{folder}: ignoring {loose} images outside the class sub-folders", stacklevel=3)
+        found = f"folder {folder} has {len(source.classnames or [])} class folders"
+        return _attach_classnames(source, given, found, by_position=True)
+    paths = list_images(folder)
+    if not paths:
+        raise ReclipError(
+            f"folder {folder} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+            "pass a folder of images, with one sub-folder per class if they are labelled"
+        )
+    if given is None:
+        raise ReclipError(f"folder {folder} has no class sub-folders, so its classes are unknown; {_NEED_CLASSNAMES}")
+    unlabelled = np.full(len(paths), -1, dtype=np.int64)
+    return Source(FileImages(paths), unlabelled, None, paths=paths, files=paths), given.names
+
+
+def _table_source(table: Path, given: _GivenClasses | None) -> tuple[Source, ClassNames]:
+    """A CSV/TSV list of ``path[,label]`` rows; labels are all indices, all names or absent."""
+    rows = _read_rows(table)
+    paths = [str(_resolve(table.parent, row[0].strip())) for row in rows]
+    cells = [row[1].strip() if len(row) > 1 else "" for row in rows]
+    written = [cell for cell in cells if cell]
+    if written and not all(_is_int(cell) for cell in written):
+        names = sorted(set(written))
+        position = {name: i for i, name in enumerate(names)}
+        labels = np.array([position[cell] if cell else -1 for cell in cells], dtype=np.int64)
+        source = Source(FileImages(paths), labels, [[n] for n in names], paths=paths, files=paths)
+        return _attach_classnames(source, given, f"{table} uses {len(names)} label names", by_position=False)
+    if given is None:
+        kind = "integer labels" if written else "no labels"
+        raise ReclipError(f"{table} has {kind}, so its class names are unknown; {_NEED_CLASSNAMES}")
+    labels = np.array([max(int(cell), -1) if cell else -1 for cell in cells], dtype=np.int64)
+    source = Source(FileImages(paths), labels, None, paths=paths, files=paths)
+    return _attach_classnames(source, given, str(table), by_position=False)
+
+
+def _read_rows(table: Path) -> list[list[str]]:
+    """The non-empty rows of a CSV/TSV file, without its header row if it has one."""
+    try:
+        with table.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=_TABLE_DELIMITERS[table.suffix.lower()])
+            rows = [row for row in reader if any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ReclipError(f"cannot read {table} ({exc}); pass a UTF-8 CSV/TSV file of path[,label] rows") from exc
+    if rows and _is_header(rows[0], table.parent):
+        rows = rows[1:]
+    if not rows:
+        raise ReclipError(f"{table} lists no images; write one 'path[,label]' row per image")
+    return rows
+
+
+def _is_header(row: list[str], base: Path) -> bool:
+    """A first row is a header when its first cell is neither an image name nor an existing file."""
+    first = row[0].strip()
+    return Path(first).suffix.lower() not in IMAGE_EXTENSIONS and not _resolve(base, first).is_file()
+
+
+def _resolve(base: Path, path: str) -> Path:
+    """``path`` with ``~`` expanded, relative paths taken from ``base``."""
+    return base / Path(path).expanduser()
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _looks_like_path(text: str) -> bool:
+    """True when ``text`` cannot be a benchmark name (it has a folder part or a file suffix)."""
+    return any(sep in text for sep in {"/", os.sep}) or text.startswith((".", "~")) or Path(text).suffix != ""
+
+
+def _bad_spec(text: str, path: Path) -> ReclipError:
+    """The error for a spec that is no readable folder, no CSV/TSV file and no benchmark."""
+    if path.is_file():
+        return ReclipError(
+            f"dataset path {path} is a file but not a .csv/.tsv list; pass a folder of images or a CSV file"
+        )
+    if _looks_like_path(text):
+        return ReclipError(
+            f"dataset path {path} does not exist; "
+            "pass a folder of images, a CSV file or a benchmark name such as cifar10"
+        )
+    return ReclipError(
+        f"unknown dataset '{text}': no such folder or file, and not a benchmark name; "
+        f"benchmarks: {', '.join(sorted(BENCHMARKS))}"
+    )
