@@ -83,10 +83,15 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    make_config(args)  # option errors first, before any model is loaded
+    execute(args, load_setup(args))
+
+
+def execute(args: argparse.Namespace, setup: Setup) -> dict:
+    """Run ``reclip adapt`` with ``args`` on an already loaded model and dataset; returns metrics."""
     start = time.perf_counter()
     out = out_dir(args.out)
     config = make_config(args)
-    setup = load_setup(args)
     torch.manual_seed(args.seed)
     feats, classifier, zs_logits = zero_shot(setup, args)
     zs_metrics = classification_metrics(zs_logits.softmax(dim=-1), feats.labels)
@@ -144,10 +149,11 @@ def run(args: argparse.Namespace) -> None:
                 f"ReCLIP ({config.mode}) - {model.name} on {setup.dataset.name}")
     print_table([("zero-shot", zs_metrics), (config.mode, final)])
     print(f"wrote {out}/{{metrics.json,predictions.csv,{ADAPTER_FILE},report.png}} in {metrics['seconds']:.1f} s")
+    return metrics
 
 
 def run_transductive(setup: Setup, feats: Features, classifier: torch.Tensor, config: ReclipConfig,
-                     base: dict, start: float, out: Path) -> None:
+                     base: dict, start: float, out: Path) -> dict:
     """Label propagation alone on the frozen features (the ZLaP-style training-free peer)."""
     lp = label_propagation(feats.features, classifier, k=config.k, alpha=config.alpha, cut_dim=config.cut_dim,
                            knn=config.knn, device=setup.model.device)
@@ -161,3 +167,4 @@ def run_transductive(setup: Setup, feats: Features, classifier: torch.Tensor, co
     write_json(out / "metrics.json", metrics)
     print_table([("zero-shot", base["zero_shot"]), ("transductive", final)])
     print(f"wrote {out / 'metrics.json'} and {out / 'predictions.csv'} in {metrics['seconds']:.1f} s")
+    return metrics

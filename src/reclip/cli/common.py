@@ -5,6 +5,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..data.datasets import ImageDataset, load_dataset
 from ..data.prompts import get_templates, read_templates
 from ..errors import ReclipError
@@ -32,6 +34,8 @@ def add_data_options(p: argparse.ArgumentParser, with_prompts: bool = True) -> N
     g.add_argument("--classnames", default=None, help="file with one class name per line (a|b for synonyms)")
     if with_prompts:
         g.add_argument("--templates", default=None, help="file with one prompt template per line, each with {}")
+    g.add_argument("--max-images", type=int, default=None,
+                   help="use a seeded random subset of this many images (quick runs)")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--workers", type=int, default=None, help="data-loading processes (default: cores - 1, at most 4)")
     g.add_argument("--strict", action="store_true", help="abort on an unreadable image instead of skipping it")
@@ -57,6 +61,12 @@ def load_setup(args: argparse.Namespace, model: DualEncoder | None = None) -> Se
         model = load_model(args.model, args.pretrained, args.device)
     dataset = load_dataset(args.dataset, root=args.data_root, split=args.split,
                            transform=model.preprocess, classnames=args.classnames, strict=args.strict)
+    if args.max_images is not None:
+        positive(args.max_images, "--max-images")
+        if args.max_images < len(dataset):
+            # a fixed seed, so every run (and the feature cache) sees the same subset
+            chosen = np.random.default_rng(0).choice(len(dataset), args.max_images, replace=False)
+            dataset = dataset.subset(np.sort(chosen))
     templates_file = getattr(args, "templates", None)
     templates = read_templates(templates_file) if templates_file else (dataset.templates or get_templates(None))
     return Setup(model, dataset, templates)

@@ -11,14 +11,14 @@ from ..errors import ReclipError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import adapt, predict, zeroshot
+    from . import adapt, demo, predict, zeroshot
 
     parser = argparse.ArgumentParser(
         prog="reclip", description="Adapt CLIP-style models to unlabelled target images (ReCLIP).")
     parser.add_argument("--version", action="version", version=f"reclip {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (zeroshot, adapt, predict):
+    for module in (zeroshot, adapt, predict, demo):
         module.add_parser(sub)
     return parser
 

@@ -86,6 +86,7 @@ class ImageDataset(Dataset):
         self._images = source.images
         self._files = list(source.files)
         self._warned: set[int] = set()
+        self._selection = ""  # set by subset(): which images of the full dataset these are
 
     @property
     def has_labels(self) -> bool:
@@ -107,12 +108,26 @@ class ImageDataset(Dataset):
             return None, index, label
         return (self.transform(image) if self.transform is not None else image), index, label
 
+    def subset(self, indices: Sequence[int]) -> "ImageDataset":
+        """The images at ``indices`` (in that order) as a dataset of their own, indexed from 0."""
+        idx = np.asarray(indices, dtype=np.int64)
+        source = Source(images=_Selection(self._images, idx), labels=self.labels[idx],
+                        classnames=self.classnames,
+                        paths=[self.paths[i] for i in idx] if self.paths is not None else None,
+                        files=self._files)
+        sub = ImageDataset(source, self.classnames, name=self.name, spec=self.spec, root=self.root,
+                           split=self.split, templates=self.templates, transform=self.transform,
+                           strict=self.strict)
+        sub._selection = hashlib.sha256(self._selection.encode() + idx.tobytes()).hexdigest()[:16]
+        return sub
+
     def fingerprint(self) -> str:
-        """A stable hash of what the images are: spec, root, split, size and file sizes/mtimes.
+        """A stable hash of what the images are: spec, root, split, size and file sizes/mtimes
+        (and the selection, for a subset).
 
         Use it to key cached image features (together with the model and its transform).
         """
-        digest = hashlib.sha256(json.dumps([self.spec, self.root, self.split, len(self)]).encode())
+        digest = hashlib.sha256(json.dumps([self.spec, self.root, self.split, len(self), self._selection]).encode())
         for file in self._files:
             try:
                 stat = os.stat(file)
@@ -131,6 +146,19 @@ class ImageDataset(Dataset):
         if index not in self._warned:
             self._warned.add(index)
             warnings.warn(f"skipping unreadable image: {exc}", SkippedImageWarning, stacklevel=3)
+
+
+class _Selection(Sequence):
+    """The images of a source at chosen positions (lazy: nothing is decoded here)."""
+
+    def __init__(self, images: Sequence[Any], indices: np.ndarray) -> None:
+        self._images, self._indices = images, indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self._images[int(self._indices[i])]
 
 
 def collate(batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
