@@ -13,13 +13,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .data.datasets import ImageDataset, collate
 from .io import atomic_path
 from .models.base import DualEncoder
@@ -75,20 +76,47 @@ def _cache_key(model: DualEncoder, dataset: ImageDataset, calibrate: bool) -> st
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
+Encoder = Callable[[torch.Tensor], torch.Tensor]  # B x C x H x W images (on device) -> B x K
+
+
 @torch.inference_mode()
-def encode_loader(model: DualEncoder, loader: DataLoader, desc: str = "features") -> Features:
-    """Run ``model.encode_image`` over every batch; unreadable images are warned about and skipped."""
+def encode_loader(encode: Encoder, device: torch.device, loader: DataLoader, desc: str = "features") -> Features:
+    """Run ``encode`` over every batch; unreadable images are skipped (and listed)."""
     feats, idx, labels, skipped = [], [], [], []
-    for images, indices, labs, skip in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=None if distributed.is_main() else True)
+    for images, indices, labs, skip in bar:
         skipped += skip
         if len(indices):
-            feats.append(model.encode_image(images.to(model.device, non_blocking=True)).cpu())
+            feats.append(encode(images.to(device, non_blocking=True)).float().cpu())
             idx.append(indices)
             labels.append(labs)
     if not feats:
         return Features(torch.empty(0, 0), torch.empty(0, dtype=torch.long),
                         torch.empty(0, dtype=torch.long), skipped)
     return Features(torch.cat(feats), torch.cat(idx), torch.cat(labels), skipped)
+
+
+def encode_dataset(encode: Encoder, device: torch.device, dataset: ImageDataset, positions: list[int], *,
+                   batch_size: int, workers: int, desc: str) -> Features:
+    """``encode`` applied to the images at ``positions``: K-dim rows in index order, on every rank.
+
+    Under torchrun each rank encodes its shard and the shards are gathered.
+    """
+    loader = make_loader(Subset(dataset, distributed.shard(positions)), batch_size, workers)
+    local = encode_loader(encode, device, loader, desc=desc)
+    if distributed.world() == 1:
+        return local
+    dim = torch.tensor([local.features.shape[1] if len(local.indices) else 0])
+    dim = int(torch.cat(distributed.gather_rows(dim)).max())
+    feats = local.features if len(local.indices) else torch.empty(0, dim)
+    indices = torch.cat(distributed.gather_rows(local.indices))
+    order = indices.argsort()
+    skipped = torch.cat(distributed.gather_rows(torch.tensor(local.skipped, dtype=torch.long)))
+    if len(indices.unique()) != len(indices) or len(indices) + len(skipped) != len(positions):
+        raise RuntimeError(f"sharding error: {len(indices)} features and {len(skipped)} skipped images "
+                           f"gathered for {len(positions)} images")
+    return Features(torch.cat(distributed.gather_rows(feats))[order], indices[order],
+                    torch.cat(distributed.gather_rows(local.labels))[order], sorted(skipped.tolist()))
 
 
 def extract_features(model: DualEncoder, dataset: ImageDataset, *, batch_size: int = 64,
@@ -102,7 +130,7 @@ def extract_features(model: DualEncoder, dataset: ImageDataset, *, batch_size: i
     """
     workers = default_workers() if workers is None else workers
     path = cache_dir() / f"{_cache_key(model, dataset, calibrate)}.safetensors"
-    if use_cache and path.exists():
+    if distributed.all_agree(use_cache and path.exists()):
         blob = load_file(path)
         state = {k[len("state."):]: v for k, v in blob.items() if k.startswith("state.")}
         if calibrate and model.needs_calibration:
@@ -111,11 +139,12 @@ def extract_features(model: DualEncoder, dataset: ImageDataset, *, batch_size: i
         return Features(blob["features"], blob["indices"], blob["labels"], blob["skipped"].tolist(),
                         from_cache=True)
 
-    loader = make_loader(dataset, batch_size, workers)
     if calibrate and model.needs_calibration:
-        model.calibrate(loader)
-    out = encode_loader(model, loader, desc=f"features {dataset.name}")
-    if use_cache and len(out.indices):
+        # every rank fits the same statistics on the same images: no communication needed
+        model.calibrate(make_loader(dataset, batch_size, workers))
+    out = encode_dataset(model.encode_image, model.device, dataset, list(range(len(dataset))),
+                         batch_size=batch_size, workers=workers, desc=f"features {dataset.name}")
+    if use_cache and len(out.indices) and distributed.is_main():
         blob = {"features": out.features.contiguous(), "indices": out.indices, "labels": out.labels,
                 "skipped": torch.tensor(out.skipped, dtype=torch.long)}
         blob.update({f"state.{k}": v.detach().cpu().contiguous() for k, v in model.extra_state().items()})

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..errors import ReclipError
 from ..features import Features
 from ..io import write_json, write_predictions
@@ -102,11 +103,10 @@ def execute(args: argparse.Namespace, setup: Setup) -> dict:
     identity = {"model": setup.model.spec, "pretrained": setup.model.pretrained,
                 "dataset": setup.dataset.fingerprint(), "n": len(feats.indices), "config": config_dict(config)}
     resumed = load_checkpoint(out, setup.model, identity) if args.resume else None
-    if resumed is None and args.resume:
-        print(f"no checkpoint in {out}; starting from the beginning")
     state, opt_state = resumed if resumed else (None, None)
-    if state is not None:
-        print(f"resuming after epoch {state.epoch} from {out / CHECKPOINT}")
+    if args.resume and distributed.is_main():
+        print(f"resuming after epoch {state.epoch} from {out / CHECKPOINT}" if state is not None
+              else f"no checkpoint in {out}; starting from the beginning")
 
     def checkpoint(state, optimizers):
         save_checkpoint(out, setup.model, state, optimizers, identity)
@@ -123,6 +123,8 @@ def execute(args: argparse.Namespace, setup: Setup) -> dict:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
+    if not distributed.is_main():
+        return {}
     probs = logits.softmax(dim=-1)
     final = classification_metrics(probs, feats.labels)
     if final:
@@ -157,6 +159,8 @@ def run_transductive(setup: Setup, feats: Features, classifier: torch.Tensor, co
     """Label propagation alone on the frozen features (the ZLaP-style training-free peer)."""
     lp = label_propagation(feats.features, classifier, k=config.k, alpha=config.alpha, cut_dim=config.cut_dim,
                            knn=config.knn, device=setup.model.device)
+    if not distributed.is_main():
+        return {}
     probs = scores_to_probabilities(lp.scores)
     final = classification_metrics(probs, feats.labels)
     write_predictions(out / "predictions.csv", feats.indices, probs, setup.dataset.classnames, setup.dataset.paths)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import distributed
 from ..data.benchmarks import benchmark_root
 from ..errors import ReclipError
 from ..io import write_json
@@ -68,6 +69,8 @@ def run(args: argparse.Namespace) -> None:
     print(f"reclip demo: {model.name} on {len(setup.dataset)} Fashion-MNIST test images")
     # Label propagation first: ReCLIP then trains the same model in place.
     results = {mode: adapt.execute(margs, setup) for mode, margs in runs.items()}
+    if not distributed.is_main():
+        return
     table = [("zero-shot", results["reclip"]["zero_shot"])]
     table += [(mode, {**m["final"], "seconds": m["seconds"]}) for mode, m in results.items()]
     summary = {"model": model.name, "dataset": "fashion-mnist", "n": results["reclip"]["n"],

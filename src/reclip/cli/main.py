@@ -6,7 +6,7 @@ import logging
 import sys
 import warnings
 
-from .. import __version__
+from .. import __version__, distributed
 from ..errors import ReclipError
 
 
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
+        # under torchrun: join the process group (NCCL on CUDA, gloo on CPU) and pick this rank's GPU
+        if hasattr(args, "device"):
+            args.device = distributed.init(args.device)
         args.func(args)
     except ReclipError as exc:
         print(f"reclip: error: {exc}", file=sys.stderr)
@@ -36,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("reclip: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.close()
     return 0
 
 

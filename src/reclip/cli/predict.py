@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import ReclipError
-from ..features import make_loader
+from .. import distributed
+from ..features import default_workers, encode_dataset
 from ..io import write_json, write_predictions
 from ..method.adapter import Adapter
 from ..metrics import classification_metrics
@@ -45,24 +45,20 @@ def run(args: argparse.Namespace) -> None:
         args.classnames = adapter.classnames  # the adapter's classes define the head
     setup = load_setup(args, model=model)
 
-    frozen, adapted_f, indices, labels, skipped = [], [], [], [], []
-    loader = make_loader(setup.dataset, args.batch_size, 0 if args.workers is None else args.workers)
-    for images, idx, labs, skip in tqdm(loader, desc="predict", unit="batch", leave=False):
-        skipped += skip
-        if len(idx):
-            f0, fv = adapted.encode(images.to(model.device))
-            frozen.append(f0)
-            adapted_f.append(fv)
-            indices.append(idx)
-            labels.append(labs)
-    if not indices:
+    # one pass: each batch through the frozen image tower and through V's (B x 2D rows)
+    both = encode_dataset(lambda images: torch.cat(adapted.encode(images), dim=1), model.device, setup.dataset,
+                          list(range(len(setup.dataset))), batch_size=args.batch_size,
+                          workers=default_workers() if args.workers is None else args.workers, desc="predict")
+    if len(both.indices) == 0:
         raise ReclipError(f"no readable image in {setup.dataset.spec}")
-    indices_t, labels_t = torch.cat(indices), torch.cat(labels)
-    probs = adapted.logits(torch.cat(frozen), torch.cat(adapted_f)).softmax(dim=-1)
-    write_predictions(out, indices_t, probs, adapter.classnames, setup.dataset.paths)
+    f_frozen, f_v = both.features.chunk(2, dim=1)
+    probs = adapted.logits(f_frozen, f_v).softmax(dim=-1)
+    if not distributed.is_main():
+        return
+    write_predictions(out, both.indices, probs, adapter.classnames, setup.dataset.paths)
     metrics = {"task": "predict", "adapter": str(args.adapter), "model": spec, "pretrained": pretrained,
-               "dataset": setup.dataset.spec, "n": len(indices_t), "skipped": len(skipped),
-               **classification_metrics(probs, labels_t), "seconds": round(time.perf_counter() - start, 3)}
+               "dataset": setup.dataset.spec, "n": len(both.indices), "skipped": len(both.skipped),
+               **classification_metrics(probs, both.labels), "seconds": round(time.perf_counter() - start, 3)}
     write_json(out.with_suffix(".json"), metrics)
     print_table([(f"adapted ({adapter.mode})", metrics)])
     print(f"wrote {out} ({metrics['n']} images, {metrics['skipped']} skipped)")

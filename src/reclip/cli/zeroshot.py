@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from .. import distributed
 from ..errors import ReclipError
 from ..features import Features, extract_features
 from ..io import write_json, write_predictions
@@ -37,7 +38,8 @@ def zero_shot(setup: Setup, args: argparse.Namespace) -> tuple[Features, torch.T
 
 def describe(setup: Setup, feats: Features) -> dict:
     return {"model": setup.model.spec, "pretrained": setup.model.pretrained,
-            "dataset": setup.dataset.spec, "n": len(feats.indices), "skipped": len(feats.skipped)}
+            "dataset": setup.dataset.spec, "n": len(feats.indices), "skipped": len(feats.skipped),
+            "world_size": distributed.world()}
 
 
 def print_table(rows: list[tuple[str, dict]]) -> None:
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace) -> None:
     metrics = {"task": "zeroshot", **describe(setup, feats),
                **classification_metrics(logits.softmax(dim=-1), feats.labels),
                "seconds": round(time.perf_counter() - start, 3)}
+    if not distributed.is_main():
+        return
     write_predictions(out / "predictions.csv", feats.indices, logits.softmax(dim=-1), setup.dataset.classnames,
                       setup.dataset.paths)
     write_json(out / "metrics.json", metrics)

@@ -25,11 +25,12 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn.functional import cross_entropy
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data.datasets import ImageDataset, collate
-from ..features import Features, encode_loader, make_loader
+from .. import distributed
+from ..features import Features, default_workers, encode_dataset
 from ..models.base import DualEncoder
 from .propagation import label_propagation
 from .zeroshot import LOGIT_SCALE, class_embeddings
@@ -149,9 +150,9 @@ def initial_state(model: DualEncoder, classnames: list[list[str]], templates: li
                                          t_full=t_full, t_original=t_full.clone()))
 
 
-def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, reference: bool) -> torch.Tensor:
-    ce = cross_entropy(logits.float(), targets, reduction="none") * mask
-    return ce.mean() / mask.sum() if reference else ce.sum() / mask.sum()
+def masked_ce_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of the cross-entropy over the samples where ``mask`` is 1."""
+    return (cross_entropy(logits.float(), targets, reduction="none") * mask).sum()
 
 
 def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates: list[str],
@@ -179,16 +180,18 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
             opt.load_state_dict(optimizer_state[name])
     if state is None:
         state = initial_state(model, classnames, templates)
-
-    readable = Subset(dataset, frozen.indices.tolist())
-    eval_loader = make_loader(readable, config.batch_size, workers=_workers(config))
-    row_of = torch.full((len(dataset),), -1, dtype=torch.long)
-    row_of[frozen.indices] = torch.arange(n)
     labels = frozen.labels
     has_labels = bool((labels >= 0).any())
 
+    def evaluate_v() -> torch.Tensor:
+        """N x D features of V's current image tower (sharded over ranks, gathered)."""
+        state.passes_forward += 1.0
+        with _autocast(device):
+            return encode_dataset(model.encode_image, device, dataset, frozen.indices.tolist(),
+                                  batch_size=config.batch_size, workers=_workers(config), desc="evaluate V").features
+
     # V's features: the frozen ones until V has trained (a resumed run re-encodes them)
-    f_v = evaluate_v(model, eval_loader, state) if config.trains_v and state.epoch > 0 else frozen.features
+    f_v = evaluate_v() if config.trains_v and state.epoch > 0 else frozen.features
     for epoch in range(state.epoch, epochs):
         start = time.perf_counter()
         h = state.heads
@@ -205,10 +208,10 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
         lp_v = label_propagation(f_v, h.t_original, **lp_kw) if config.trains_v else None
         if lp_v is not None:
             h.v_classifier = lp_v.centroids.float().cpu()
+        # a single branch trains on its own pseudo labels (they then always "agree")
         pseudo_t = lp_t.labels if lp_t is not None else lp_v.labels
         pseudo_v = lp_v.labels if lp_v is not None else lp_t.labels
-        agree = pseudo_t == pseudo_v
-        stats["agreement"] = agree.float().mean().item()
+        stats["agreement"] = (pseudo_t == pseudo_v).float().mean().item()
         if has_labels:
             known = labels >= 0
             if lp_t is not None:
@@ -217,97 +220,98 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
                 stats["pseudo_label_acc_v"] = (pseudo_v == labels)[known].float().mean().item()
 
         # 3. one shuffled pass over the agreed samples
-        losses = train_pass(model, dataset, frozen, row_of, pseudo_t, pseudo_v, h, templates, config,
-                            epoch, opt_v, opt_t)
-        stats.update(losses)
-        state.passes_backward += 1.0 if opt_v is not None else 0.0
-        state.passes_forward += 1.0 if opt_v is not None else 0.0
+        stats.update(train_pass(model, dataset, frozen, pseudo_t, pseudo_v, h, templates, config, epoch,
+                                opt_v, opt_t))
+        if opt_v is not None:
+            state.passes_forward += 1.0
+            state.passes_backward += 1.0
 
         # 4. refresh T's text embeddings; re-evaluate V with its updated tower
         if opt_t is not None:
             h.t_classifier, h.t_full = text_heads(model, classnames, templates)
         if opt_v is not None:
-            f_v = evaluate_v(model, eval_loader, state)
+            f_v = evaluate_v()
         stats["seconds"] = round(time.perf_counter() - start, 3)
         state.history.append(stats)
         state.epoch = epoch + 1
         log.info("epoch %d: %s", epoch, stats)
-        print(_summary(stats, epochs))
-        if on_epoch_end is not None:
-            on_epoch_end(state, optimizers)
+        if distributed.is_main():
+            print(_summary(stats, epochs))
+            if on_epoch_end is not None:
+                on_epoch_end(state, optimizers)
 
-    return state, f_v, combined_logits(frozen.features, f_v, state.heads.t_classifier, state.heads.v_classifier, config.mode)
+    h = state.heads
+    return state, f_v, combined_logits(frozen.features, f_v, h.t_classifier, h.v_classifier, config.mode)
 
 
 def _workers(config: ReclipConfig) -> int:
-    from ..features import default_workers
     return default_workers() if config.workers is None else config.workers
 
 
-def evaluate_v(model: DualEncoder, loader: DataLoader, state: RunState) -> torch.Tensor:
-    """N x D features of V's (current) image tower."""
-    with _autocast(model.device):
-        feats = encode_loader(model, loader, desc="evaluate V").features
-    state.passes_forward += 1.0
-    return feats
-
-
-def train_pass(model: DualEncoder, dataset: ImageDataset, frozen: Features, row_of: torch.Tensor,
-               pseudo_t: torch.Tensor, pseudo_v: torch.Tensor, heads: Heads, templates: list[str],
-               config: ReclipConfig, epoch: int, opt_v: torch.optim.Optimizer | None,
-               opt_t: torch.optim.Optimizer | None) -> dict[str, float]:
+def train_pass(model: DualEncoder, dataset: ImageDataset, frozen: Features, pseudo_t: torch.Tensor,
+               pseudo_v: torch.Tensor, heads: Heads, templates: list[str], config: ReclipConfig, epoch: int,
+               opt_v: torch.optim.Optimizer | None, opt_t: torch.optim.Optimizer | None) -> dict[str, float]:
     """One shuffled pass; each batch trains each branch on the samples whose pseudo labels agree.
 
     The shuffle order depends only on (seed, epoch), so a resumed run replays it exactly.
+    Under torchrun each rank runs V on its share of every batch and the gradients are summed,
+    which gives the single-process update; T needs no images, so every rank runs all of it.
     """
     device = model.device
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    readable = Subset(dataset, frozen.indices.tolist())
-    if opt_v is None:  # T alone never runs the image tower: iterate over cached features
-        batches = torch.randperm(len(readable), generator=generator).split(config.batch_size)
-        loader = ((None, frozen.indices[rows], None, []) for rows in batches)
-        total = len(batches)
-    else:
-        loader = DataLoader(readable, batch_size=config.batch_size, shuffle=True, generator=generator,
-                            num_workers=_workers(config), collate_fn=collate)
-        total = len(loader)
-    sums = {"loss_t": 0.0, "loss_v": 0.0, "agreed": 0, "seen": 0}
-    bar = tqdm(loader, total=total, desc=f"train epoch {epoch}", unit="batch", leave=False, disable=None)
-    for images, indices, _, _ in bar:
-        rows = row_of[indices]
-        mask = (pseudo_t[rows] == pseudo_v[rows]).float().to(device)
+    batches = torch.randperm(len(frozen.indices), generator=generator).split(config.batch_size)  # rows of frozen
+    agree = pseudo_t == pseudo_v
+    if opt_v is not None:
+        shares = [frozen.indices[rows[distributed.rank()::distributed.world()]].tolist() for rows in batches]
+        images_of = iter(DataLoader(dataset, batch_sampler=shares, num_workers=_workers(config), collate_fn=collate))
+    row_of = torch.full((len(dataset),), -1, dtype=torch.long)
+    row_of[frozen.indices] = torch.arange(len(frozen.indices))
+    params_v = [p for group in opt_v.param_groups for p in group["params"]] if opt_v is not None else []
+    # cross-entropy sums and agreed counts; V's are this rank's share until summed at the end
+    sums = {"ce_t": 0.0, "agreed": 0, "seen": 0, "ce_v": torch.zeros(2, dtype=torch.float64)}
+    bar = tqdm(batches, desc=f"train epoch {epoch}", unit="batch", leave=False,
+               disable=None if distributed.is_main() else True)
+    for rows in bar:
+        batch = next(images_of) if opt_v is not None else None  # every rank advances in lockstep
+        count = int(agree[rows].sum())
         sums["seen"] += len(rows)
-        if mask.sum() == 0:
+        if count == 0:
             continue
-        sums["agreed"] += int(mask.sum().item())
+        sums["agreed"] += count
         with _autocast(device):
             if opt_t is not None:
                 # T: frozen image features against first-template prompts, encoded once per step
                 t_short = class_embeddings(model, dataset.classnames, templates[:1])
                 logits_t = LOGIT_SCALE * frozen.features[rows].to(device) @ t_short.float().T
-                loss_t = masked_ce(logits_t, pseudo_t[rows].to(device), mask, reference=False)
+                ce_t = masked_ce_sum(logits_t, pseudo_t[rows].to(device), agree[rows].float().to(device))
                 opt_t.zero_grad(set_to_none=True)
-                loss_t.backward()
+                (ce_t / count).backward()
                 opt_t.step()
-                sums["loss_t"] += loss_t.item() * len(rows)
+                sums["ce_t"] += ce_t.item()
             if opt_v is not None:
-                # V: its own image features against its (fixed during the pass) centroid classifier
-                f = model.encode_image(images.to(device, non_blocking=True))
-                logits_v = LOGIT_SCALE * f.float() @ heads.v_classifier.to(device).T
-                loss_v = masked_ce(logits_v, pseudo_v[rows].to(device), mask,
-                                   reference=config.v_loss == "reference")
+                # V: its own image features against its centroid classifier (fixed during the pass)
+                images, indices, _, _ = batch
+                mine = row_of[indices]
                 opt_v.zero_grad(set_to_none=True)
-                loss_v.backward()
+                if len(mine):
+                    f = model.encode_image(images.to(device, non_blocking=True))
+                    logits_v = LOGIT_SCALE * f.float() @ heads.v_classifier.to(device).T
+                    ce_v = masked_ce_sum(logits_v, pseudo_v[mine].to(device), agree[mine].float().to(device))
+                    # masked mean over the whole (all-rank) batch; "reference" also divides by its size
+                    scale = count * (len(rows) if config.v_loss == "reference" else 1)
+                    (ce_v / scale).backward()
+                    sums["ce_v"] += torch.tensor([ce_v.item(), float(agree[mine].sum())], dtype=torch.float64)
+                distributed.sum_gradients(params_v)
                 opt_v.step()
-                sums["loss_v"] += loss_v.item() * len(rows)
         bar.set_postfix(agree=f"{sums['agreed'] / sums['seen']:.3f}",
-                        loss_t=f"{sums['loss_t'] / sums['seen']:.3f}", loss_v=f"{sums['loss_v'] / sums['seen']:.3f}")
-    seen = max(sums["seen"], 1)
-    out = {"agreed_trained": sums["agreed"]}
+                        loss_t=f"{sums['ce_t'] / sums['agreed']:.3f}",
+                        loss_v=f"{sums['ce_v'][0] / max(sums['ce_v'][1], 1):.3f}")
+    ce_v, agreed_v = distributed.sum_tensors(sums["ce_v"]).tolist()
+    out: dict[str, float] = {"agreed_trained": sums["agreed"]}
     if opt_t is not None:
-        out["loss_t"] = sums["loss_t"] / seen
+        out["loss_t"] = sums["ce_t"] / max(sums["agreed"], 1)
     if opt_v is not None:
-        out["loss_v"] = sums["loss_v"] / seen
+        out["loss_v"] = ce_v / max(agreed_v, 1)
     return out
 
 

@@ -1,0 +1,445 @@
+"""Label propagation of ReCLIP (METHOD.md steps 1-2) on a sparse k-NN graph.
+
+Pipeline of :func:`label_propagation`:
+
+1. Projection: ``B = U[:, 1:r]`` from the SVD of the class embeddings (D x C), so
+   ``P = B B^T`` removes the direction shared by all classes (see :func:`projection`).
+2. Nodes: the C class embeddings followed by the N image features, projected and
+   L2-normalised. Since ``B`` has orthonormal columns, ``(x P) . (y P) = (x B) . (y B)``,
+   so the graph is built on the (r-1)-dimensional coordinates ``x B`` directly.
+3. Graph: each node keeps its top-k neighbours (self excluded) with affinity
+   ``(cos + 1) / 2``; ``W = (A + A^T) / 2``; ``Wn = D^-1/2 W D^-1/2`` with D the row
+   sums of W. Everything is sparse: memory O((N + C) k).
+4. Solve ``(I - alpha Wn) F = Y`` (Y one-hot on the class nodes) by conjugate gradient
+   on blocks of classes at once, each class column with its own step sizes and
+   stopping rule, exactly like one ``scipy.sparse.linalg.cg(A, y, rtol=tol,
+   maxiter=max_iter)`` per class (the authors' reference).
+5. Labels, confidences and centroids from F.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as nnf
+
+from reclip.errors import ReclipError
+from reclip.method.knn import KNN_METHODS, knn_search
+
+logger = logging.getLogger(__name__)
+
+ArrayLike = torch.Tensor | np.ndarray
+
+#: A projected node whose norm is at most this fraction of its input norm is a zero node.
+ZERO_NORM_RTOL = 1e-6
+#: Most class columns solved together, and the memory the CG work arrays may use.
+MAX_CG_BLOCK = 256
+CG_WORKSPACE_BYTES = 1 << 30
+#: CPU solves whose (n x block) arrays are at most this size run on one thread: they
+#: gain nothing from more, and on a busy machine every parallel region can cost
+#: milliseconds of waiting (measured 75x slower on 2 shared cores).
+SINGLE_THREAD_ELEMENTS = 1 << 20
+#: Rows per chunk when reducing over N x D or N x C arrays.
+_ROW_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class PropagationResult:
+    """Output of :func:`label_propagation`; all tensors are on the CPU.
+
+    Attributes:
+        labels: (N,) int64 pseudo label of each image, ``argmax_c scores[i, c]``
+            (0 for an all-zero row, i.e. an image not connected to any class node).
+        scores: (N x C) float32 propagated values ``F[C + i, c]`` of the image nodes.
+        confidence: (N,) float32 in [0, 1]: ``1 - H(p) / log C`` where ``p`` is the
+            score row with negatives clamped to 0, normalised to sum 1, and H the
+            entropy; 1 means all mass on one class, 0 a uniform or all-zero row.
+        centroids: (C x D) float32 L2-normalised mean of the unprojected, L2-normalised
+            features of all nodes (class nodes included) predicted as each class; a
+            class that no node predicts keeps its own class embedding.
+        k: neighbours per node actually used (k clipped to N + C - 1).
+        knn: ``"exact"`` or ``"approx"``.
+        knn_backend: the search actually run (see :class:`reclip.method.knn.Neighbours`).
+        knn_recall: neighbour recall of approximate search, None for exact search.
+        iterations: most CG iterations run by any class column.
+        converged: number of class columns whose residual reached ``tol``.
+        timings: seconds per stage: ``graph`` (projection + k-NN + adjacency),
+            ``knn`` (search incl. recall measurement), ``solve``, ``total``.
+    """
+
+    labels: torch.Tensor
+    scores: torch.Tensor
+    confidence: torch.Tensor
+    centroids: torch.Tensor
+    k: int
+    knn: str
+    knn_backend: str
+    knn_recall: float | None
+    iterations: int
+    converged: int
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CGResult:
+    """Output of :func:`conjugate_gradient` for an (n x m) right-hand side.
+
+    Attributes:
+        solution: (n x m) solution, same dtype and device as the right-hand side.
+        iterations: (m,) int64 CPU, CG updates applied to each column.
+        converged: (m,) bool CPU, whether each column's final residual norm is
+            below ``tol * ||b||`` (always True for a zero column).
+    """
+
+    solution: torch.Tensor
+    iterations: torch.Tensor
+    converged: torch.Tensor
+
+
+def projection(class_embeddings: ArrayLike, cut_dim: int | None = None) -> torch.Tensor:
+    """Basis of the projection space of METHOD.md step 1, in factored form.
+
+    With ``T`` the (D x C) matrix of class embeddings (the rows of
+    ``class_embeddings``, used as given, no centring) and ``T = U S V^T`` its reduced
+    SVD, returns ``B = U[:, 1:r]``: the projector is ``P = B B^T`` (D x D, symmetric,
+    idempotent, rank r-1, orthogonal to the first left singular vector, i.e. the
+    direction shared by all classes). ``r = min(C, D, cut_dim)``; ``cut_dim``
+    defaults to D.
+
+    Args:
+        class_embeddings: (C x D) class embeddings, C >= 2.
+        cut_dim: number of leading singular directions considered (>= 2), or None.
+
+    Returns:
+        B: (D x (r-1)) float32 CPU tensor with orthonormal columns.
+    """
+    classes = _as_matrix(class_embeddings, "class_embeddings").cpu()
+    num_classes, dim = classes.shape
+    if num_classes < 2:
+        raise ReclipError(f"the projection needs at least 2 class embeddings, got {num_classes}")
+    if cut_dim is not None and cut_dim < 2:
+        raise ReclipError(f"cut_dim must be at least 2 (or None for D), got {cut_dim}")
+    rank = min(num_classes, dim, dim if cut_dim is None else cut_dim)
+    left, _, _ = torch.linalg.svd(classes.double().T, full_matrices=False)
+    return left[:, 1:rank].float().contiguous()
+
+
+def label_propagation(
+    image_features: ArrayLike,
+    class_embeddings: ArrayLike,
+    *,
+    k: int = 20,
+    alpha: float = 0.99,
+    cut_dim: int | None = None,
+    project: bool = True,
+    max_iter: int = 20,
+    tol: float = 1e-6,
+    knn: str = "exact",
+    device: str | torch.device | None = None,
+) -> PropagationResult:
+    """Pseudo labels of N images by label propagation from C class nodes (METHOD.md 1-2).
+
+    Inputs are L2-normalised first (zero rows stay zero). Nodes are the C class
+    embeddings followed by the N images, projected by ``P = B B^T`` (see
+    :func:`projection`; skipped when ``project=False``) and L2-normalised. A node
+    whose projection has norm <= ``ZERO_NORM_RTOL`` times its input norm becomes the
+    zero vector: its affinity to every node is exactly 1/2.
+
+    Degenerate case C = 2: the projection space is 1-D, so every node becomes +e, -e
+    or 0. Same-sign nodes have affinity 1, opposite-sign nodes 0, zero nodes 1/2 to
+    all; the two class nodes have opposite signs (unless their embeddings are
+    parallel), so an image takes the class on its side of the hyperplane orthogonal
+    to e, provided its graph component reaches a class node. With that many ties,
+    which of the tied neighbours are kept depends on the search backend; the results
+    are finite either way.
+    In general, nodes whose kept edges all have affinity 0 have degree 0: their rows
+    of Wn are zero (no NaN/inf), and an image with no path to a class node gets an
+    all-zero score row, label 0 and confidence 0.
+
+    Args:
+        image_features: (N x D) image features, torch tensor or numpy array.
+        class_embeddings: (C x D) class embeddings (C >= 2), same D.
+        k: neighbours per node; clipped (with a warning) to N + C - 1.
+        alpha: propagation weight in (0, 1).
+        cut_dim: see :func:`projection` (the authors used 250 when C > 500).
+        project: build the graph on projected features (False: only L2-normalise).
+        max_iter: CG iterations per class (the authors used 20).
+        tol: CG stopping rule per class, ``||r|| < tol * ||y||`` (scipy's ``rtol``).
+        knn: ``"exact"`` (FAISS IndexFlatIP or chunked torch matmul) or ``"approx"``
+            (FAISS IVF with nprobe calibrated to a recall target, exact search when IVF
+            cannot reach it cheaply; recall measured on a sample, logged and returned).
+        device: where projection, exact torch search and the solve run; None: the
+            device of ``image_features`` if it is a tensor, else the CPU.
+
+    Returns:
+        :class:`PropagationResult` with CPU tensors.
+
+    Raises:
+        ReclipError: on NaN/inf inputs, mismatched D, fewer than 2 classes, or invalid
+            options.
+    """
+    start = time.perf_counter()
+    _check_options(k=k, alpha=alpha, max_iter=max_iter, tol=tol, knn=knn)
+    if device is None:
+        device = image_features.device if isinstance(image_features, torch.Tensor) else "cpu"
+    images = _as_matrix(image_features, "image_features").to(device)
+    classes = nnf.normalize(_as_matrix(class_embeddings, "class_embeddings").to(device), dim=1)
+    num_images, num_classes = images.shape[0], classes.shape[0]
+    if images.shape[1] != classes.shape[1]:
+        raise ReclipError(
+            f"image_features have D={images.shape[1]} but class_embeddings have D={classes.shape[1]}; "
+            "both must come from the same model"
+        )
+    if num_classes < 2:
+        raise ReclipError(f"label propagation needs at least 2 classes, got {num_classes}")
+    num_nodes = num_images + num_classes
+    if k > num_nodes - 1:
+        warnings.warn(f"k={k} exceeds the {num_nodes - 1} other nodes; using k={num_nodes - 1}", stacklevel=2)
+        k = num_nodes - 1
+
+    basis = projection(classes, cut_dim).to(device) if project else None
+    nodes = torch.cat([_graph_coordinates(classes, basis), _graph_coordinates(images, basis)])
+    knn_start = time.perf_counter()
+    neighbours = knn_search(nodes, k, knn)
+    knn_seconds = time.perf_counter() - knn_start
+    del nodes
+    adjacency = normalised_adjacency(neighbours.indices, neighbours.similarities).to(device)
+    knn_backend, knn_recall = neighbours.backend, neighbours.recall
+    del neighbours
+    graph_done = time.perf_counter()
+
+    scores, iterations, converged = _propagate(adjacency, num_classes, alpha=alpha, max_iter=max_iter, tol=tol)
+    predictions = scores.argmax(dim=1)
+    centroids = _centroids(classes, images, predictions.to(device))
+    image_scores = scores[num_classes:]
+    confidence = _confidence(image_scores)
+    done = time.perf_counter()
+
+    timings = {
+        "graph": graph_done - start,
+        "knn": knn_seconds,
+        "solve": done - graph_done,
+        "total": done - start,
+    }
+    logger.info(
+        "label propagation N=%d C=%d k=%d knn=%s: graph %.2fs (k-NN %.2fs), solve %.2fs, total %.2fs",
+        num_images, num_classes, k, knn, timings["graph"], knn_seconds, timings["solve"], timings["total"],
+    )
+    return PropagationResult(
+        labels=predictions[num_classes:],
+        scores=image_scores,
+        confidence=confidence,
+        centroids=centroids,
+        k=k,
+        knn=knn,
+        knn_backend=knn_backend,
+        knn_recall=knn_recall,
+        iterations=int(iterations.max()),
+        converged=int(converged.sum()),
+        timings=timings,
+    )
+
+
+def normalised_adjacency(indices: torch.Tensor, similarities: torch.Tensor) -> torch.Tensor:
+    """Sparse ``Wn = D^-1/2 W D^-1/2`` of the symmetrised k-NN affinity graph.
+
+    ``A[i, j] = (similarities[i, t] + 1) / 2`` for ``j = indices[i, t]`` (clamped to
+    [0, 1]; entries with index -1 are skipped), ``W = (A + A^T) / 2``, D the row sums
+    of W; rows and columns of zero-degree nodes are zero.
+
+    Args:
+        indices: (n x k) int64 neighbour indices, self excluded, -1 for none.
+        similarities: (n x k) float32 cosine similarities.
+
+    Returns:
+        (n x n) float32 sparse CSR tensor on the CPU (int32 indices when they fit).
+    """
+    n, k = indices.shape
+    valid = (indices >= 0).numpy()
+    rows = np.repeat(np.arange(n), k).reshape(n, k)[valid]
+    cols = indices.numpy()[valid]
+    values = ((similarities.numpy()[valid] + 1.0) / 2.0).clip(0.0, 1.0).astype(np.float32)
+    affinity = sp.csr_array((values, (rows, cols)), shape=(n, n))
+    weights = ((affinity + affinity.T) * np.float32(0.5)).tocsr()
+    degree = np.asarray(weights.sum(axis=1, dtype=np.float64)).ravel()
+    inv_sqrt = np.divide(1.0, np.sqrt(degree), out=np.zeros_like(degree), where=degree > 0)
+    scale = sp.diags_array(inv_sqrt.astype(np.float32))
+    normalised = (scale @ weights @ scale).tocsr()
+    normalised.sort_indices()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(normalised.indptr),
+            torch.from_numpy(normalised.indices.astype(normalised.indptr.dtype, copy=False)),
+            torch.from_numpy(normalised.data.astype(np.float32, copy=False)),
+            size=(n, n),
+            check_invariants=False,
+        )
+
+
+def conjugate_gradient(
+    matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, *, max_iter: int, tol: float
+) -> CGResult:
+    """Conjugate gradient on every column of ``rhs`` at once, each with its own steps.
+
+    Column j follows ``scipy.sparse.linalg.cg(A, rhs[:, j], rtol=tol, atol=0,
+    maxiter=max_iter)`` exactly: x0 = 0; before each iteration the column stops for
+    good once ``||r_j|| < tol * ||rhs_j||`` (a zero column stays zero); steps
+    ``alpha_j = rho_j / (p_j . A p_j)``, ``beta_j = rho_j / rho_prev_j``. The one
+    deviation: a column whose residual is exactly 0 also stops (with ``tol=0`` scipy
+    would divide 0 by 0 there and return NaN).
+
+    Args:
+        matvec: ``P -> A @ P`` for (n x m) P, A symmetric positive definite (n x n).
+        rhs: (n x m) right-hand sides (any float dtype, any device).
+        max_iter: at most this many iterations; tol: relative residual tolerance.
+
+    Returns:
+        :class:`CGResult`.
+    """
+    solution = torch.zeros_like(rhs)
+    residual = rhs.clone()
+    direction = torch.zeros_like(rhs)
+    rho = torch.linalg.vecdot(residual, residual, dim=0)
+    rhs_norm = rho.sqrt()
+    threshold = tol * rhs_norm
+    active = rhs_norm > 0
+    rho_prev = torch.ones_like(rho)
+    iterations = torch.zeros(rhs.shape[1], dtype=torch.int64, device=rhs.device)
+    zero = torch.zeros((), dtype=rhs.dtype, device=rhs.device)
+    for _ in range(max_iter):
+        active &= (rho.sqrt() >= threshold) & (rho > 0)
+        if not bool(active.any()):
+            break
+        direction.mul_(torch.where(active, rho / rho_prev, zero)).add_(residual)
+        product = matvec(direction)
+        step = torch.where(active, rho / torch.linalg.vecdot(direction, product, dim=0), zero)
+        solution.addcmul_(direction, step)
+        residual.addcmul_(product, step, value=-1.0)
+        rho_prev = torch.where(active, rho, rho_prev)
+        rho = torch.linalg.vecdot(residual, residual, dim=0)
+        iterations += active
+    converged = (rho.sqrt() < threshold) | (rhs_norm == 0)
+    return CGResult(solution, iterations.cpu(), converged.cpu())
+
+
+def _propagate(
+    adjacency: torch.Tensor, num_classes: int, *, alpha: float, max_iter: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Solve ``(I - alpha Wn) F = Y`` with Y one-hot on the first ``num_classes`` nodes.
+
+    Classes are solved in blocks of columns so the CG work arrays stay within
+    ``CG_WORKSPACE_BYTES`` (at most ``MAX_CG_BLOCK`` columns); small CPU solves use
+    one thread (see ``SINGLE_THREAD_ELEMENTS``).
+
+    Args:
+        adjacency: (n x n) sparse CSR ``Wn`` on the compute device.
+
+    Returns:
+        F: (n x C) float32 CPU; iterations and converged flags: (C,) per class.
+    """
+    num_nodes = adjacency.shape[0]
+    device = adjacency.device
+    block = max(1, min(MAX_CG_BLOCK, num_classes, CG_WORKSPACE_BYTES // (6 * 4 * num_nodes)))
+    scores = torch.empty(num_nodes, num_classes)
+    iterations = torch.empty(num_classes, dtype=torch.int64)
+    converged = torch.empty(num_classes, dtype=torch.bool)
+
+    def matvec(p: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(p, adjacency, p, alpha=-alpha)
+
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and num_nodes * block <= SINGLE_THREAD_ELEMENTS:
+        torch.set_num_threads(1)
+    try:
+        for first in range(0, num_classes, block):
+            columns = torch.arange(first, min(first + block, num_classes))
+            rhs = torch.zeros(num_nodes, len(columns), device=device)
+            rhs[columns.to(device), torch.arange(len(columns), device=device)] = 1.0
+            result = conjugate_gradient(matvec, rhs, max_iter=max_iter, tol=tol)
+            scores[:, columns] = result.solution.cpu()
+            iterations[columns] = result.iterations
+            converged[columns] = result.converged
+    finally:
+        torch.set_num_threads(threads)
+    return scores, iterations, converged
+
+
+def _graph_coordinates(features: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
+    """(m x D) features -> (m x d) unit rows whose inner products are those of the nodes.
+
+    With a basis B (D x (r-1)) these are ``x B / ||x B||``; rows whose projected norm is
+    at most ``ZERO_NORM_RTOL * ||x||`` become zero. Without a basis: ``x / ||x||``.
+    """
+    coords = features if basis is None else features @ basis
+    norms = torch.linalg.vector_norm(coords, dim=1, keepdim=True)
+    input_norms = norms if basis is None else torch.linalg.vector_norm(features, dim=1, keepdim=True)
+    keep = norms > ZERO_NORM_RTOL * input_norms
+    return torch.where(keep, coords / torch.where(keep, norms, 1.0), 0.0).contiguous()
+
+
+def _centroids(classes: torch.Tensor, images: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+    """(C x D) L2-normalised sums of the unit-norm features of the nodes of each class.
+
+    Args:
+        classes: (C x D) unit class embeddings; images: (N x D) image features;
+        predictions: (C + N,) predicted class of every node, class nodes first.
+    """
+    num_classes = classes.shape[0]
+    sums = torch.zeros_like(classes).index_add_(0, predictions[:num_classes], classes)
+    for rows in _row_chunks(images.shape[0]):
+        sums.index_add_(0, predictions[num_classes:][rows], nnf.normalize(images[rows], dim=1))
+    empty = torch.bincount(predictions, minlength=num_classes) == 0
+    sums[empty] = classes[empty]
+    return nnf.normalize(sums, dim=1).cpu()
+
+
+def _confidence(scores: torch.Tensor) -> torch.Tensor:
+    """(N,) ``1 - H(p) / log C`` of each (N x C) score row (see :class:`PropagationResult`)."""
+    out = torch.empty(scores.shape[0])
+    for rows in _row_chunks(scores.shape[0]):
+        mass = scores[rows].clamp(min=0.0)
+        total = mass.sum(dim=1, keepdim=True)
+        prob = mass / total.clamp(min=torch.finfo(mass.dtype).tiny)
+        entropy = -torch.xlogy(prob, prob).sum(dim=1)
+        out[rows] = torch.where(total.squeeze(1) > 0, 1.0 - entropy / math.log(scores.shape[1]), 0.0)
+    return out.clamp(0.0, 1.0)
+
+
+def _row_chunks(num_rows: int) -> Iterator[slice]:
+    """Slices covering ``range(num_rows)`` in chunks of ``_ROW_CHUNK`` rows."""
+    for first in range(0, num_rows, _ROW_CHUNK):
+        yield slice(first, min(first + _ROW_CHUNK, num_rows))
+
+
+def _as_matrix(values: ArrayLike, name: str) -> torch.Tensor:
+    """A non-empty, finite 2-D float32 tensor (same device as a tensor input) or ReclipError."""
+    tensor = torch.as_tensor(values.detach() if isinstance(values, torch.Tensor) else np.asarray(values))
+    if tensor.dim() != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise ReclipError(f"{name} must be a non-empty 2-D array (rows x D), got shape {tuple(tensor.shape)}")
+    tensor = tensor.to(torch.float32)
+    low, high = torch.aminmax(tensor)
+    if not (math.isfinite(float(low)) and math.isfinite(float(high))):
+        raise ReclipError(f"{name} contains NaN or inf values; remove or fix those rows first")
+    return tensor
+
+
+def _check_options(*, k: int, alpha: float, max_iter: int, tol: float, knn: str) -> None:
+    """Raise ReclipError for an invalid scalar option of :func:`label_propagation`."""
+    if k < 1:
+        raise ReclipError(f"k must be at least 1, got {k}")
+    if not 0.0 < alpha < 1.0:
+        raise ReclipError(f"alpha must be in (0, 1), got {alpha}")
+    if max_iter < 1:
+        raise ReclipError(f"max_iter must be at least 1, got {max_iter}")
+    if not tol >= 0.0:
+        raise ReclipError(f"tol must be >= 0, got {tol}")
+    if knn not in KNN_METHODS:
+        raise ReclipError(f"knn must be one of {KNN_METHODS}, got {knn!r}")
