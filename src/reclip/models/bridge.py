@@ -13,9 +13,9 @@ orthogonal Procrustes solution aligning the two sets:
     W = U V^T,   U S V^T = svd(l2n(fc.weight)^T E).
 
 Image embedding = ``l2n((f - mu) W)``. ``mu`` (1280,) is the mean pooled feature of the
-target images, set by ``calibrate`` (labels are never used). Without centring, every ReLU6
-feature shares a large positive mean component that ``W`` maps to one text direction, and
-nearly all images land on the same class.
+target images, set by ``calibrate`` (labels are never used). Without centring, the large
+positive mean that all ReLU6 features share dominates every image embedding after ``W``:
+Fashion-MNIST zero-shot top-1 (6 templates, 10,000 test images) falls from 42.4% to 28.7%.
 
 Everything stays in eval mode for good: BatchNorm running statistics are frozen (ReCLIP
 trains only the affine weights), dropout and drop-connect are off.
@@ -136,7 +136,7 @@ class BridgeDualEncoder(DualEncoder):
         if not self._calibrated and not self._warned_uncalibrated:
             self._warned_uncalibrated = True
             warnings.warn("bridge model used before calibrate(): image features are not centred "
-                          "(mu = 0), which costs zero-shot accuracy (45% -> 34% on Fashion-MNIST)",
+                          "(mu = 0), which costs zero-shot accuracy (42% -> 29% on Fashion-MNIST)",
                           RuntimeWarning, stacklevel=3)
         return (self.pooled_features(images) - self.module.mu) @ self.module.bridge
 
@@ -159,8 +159,9 @@ class BridgeDualEncoder(DualEncoder):
         At most ``calibration_images`` images are used (all when None). For a map-style
         ``DataLoader`` they are spread evenly over ``loader.dataset`` (so a dataset sorted
         by class still contributes every class); otherwise the first ones are taken. On
-        Fashion-MNIST, 2,000 evenly spread images and all 10,000 give the same zero-shot
-        top-1 within 0.1 point. Labels in the batches are ignored.
+        Fashion-MNIST, centring on 2,000 evenly spread test images instead of all 10,000
+        changes zero-shot top-1 by 0.1 point (42.24% vs 42.37%). Labels are ignored, and so
+        are the unreadable images that ``collate`` drops.
         """
         limit = self.calibration_images
         device = self.device
@@ -171,6 +172,8 @@ class BridgeDualEncoder(DualEncoder):
                                    unit="batch", leave=False):
                 if limit is not None:
                     images = images[: limit - count]
+                if len(images) == 0:  # every image of the batch was unreadable
+                    continue
                 total += self.pooled_features(images.to(device)).double().sum(dim=0)
                 count += len(images)
                 if limit is not None and count >= limit:
@@ -313,4 +316,6 @@ def build_bridge(device: str | torch.device | None = None,
     bridge = _load_or_fit_bridge(classifier, text, _file_digest([image_weights, *text_weights]))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return BridgeDualEncoder(image, text, bridge, calibration_images).to(device)
+    model = BridgeDualEncoder(image, text, bridge, calibration_images)
+    model.to(device)
+    return model
