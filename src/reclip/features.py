@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from . import __version__, distributed
@@ -51,7 +51,7 @@ def default_workers() -> int:
     return min(4, (os.cpu_count() or 1) - 1)
 
 
-def make_loader(dataset: ImageDataset, batch_size: int, workers: int) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
     """A deterministic (unshuffled) loader whose batches are ``collate``'s 4-tuples."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate, persistent_workers=False)
@@ -96,7 +96,7 @@ def encode_loader(encode: Encoder, device: torch.device, loader: DataLoader, des
     return Features(torch.cat(feats), torch.cat(idx), torch.cat(labels), skipped)
 
 
-def encode_dataset(encode: Encoder, device: torch.device, dataset: ImageDataset, positions: list[int], *,
+def encode_dataset(encode: Encoder, device: torch.device, dataset: Dataset, positions: list[int], *,
                    batch_size: int, workers: int, desc: str) -> Features:
     """``encode`` applied to the images at ``positions``: K-dim rows in index order, on every rank.
 

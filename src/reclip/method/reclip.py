@@ -25,10 +25,11 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn.functional import cross_entropy
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data.datasets import ImageDataset, collate
+from ..data.pixels import DecodedImages, split_transform
 from .. import distributed
 from ..features import Features, default_workers, encode_dataset
 from ..models.base import DualEncoder
@@ -183,11 +184,17 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
     labels = frozen.labels
     has_labels = bool((labels >= 0).any())
 
+    # V reads the same pixels every pass: decode each image of this rank's shard once
+    images = dataset
+    if config.trains_v and split_transform(dataset.transform) is not None:
+        images = DecodedImages(dataset, distributed.shard(frozen.indices.tolist()), config.batch_size,
+                               _workers(config))
+
     def evaluate_v() -> torch.Tensor:
         """N x D features of V's current image tower (sharded over ranks, gathered)."""
         state.passes_forward += 1.0
         with _autocast(device):
-            return encode_dataset(model.encode_image, device, dataset, frozen.indices.tolist(),
+            return encode_dataset(model.encode_image, device, images, frozen.indices.tolist(),
                                   batch_size=config.batch_size, workers=_workers(config), desc="evaluate V").features
 
     # V's features: the frozen ones until V has trained (a resumed run re-encodes them)
@@ -220,8 +227,13 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
                 stats["pseudo_label_acc_v"] = (pseudo_v == labels)[known].float().mean().item()
 
         # 3. one shuffled pass over the agreed samples
-        stats.update(train_pass(model, dataset, frozen, pseudo_t, pseudo_v, h, templates, config, epoch,
+        train_start = time.perf_counter()
+        stats.update(train_pass(model, images, classnames, frozen, pseudo_t, pseudo_v, h, templates, config, epoch,
                                 opt_v, opt_t))
+        if opt_v is not None:
+            stats["train_images_per_s"] = round(n / (time.perf_counter() - train_start), 1)
+        if isinstance(images, DecodedImages) and epoch == state.epoch:
+            stats["decode_images_per_s"] = round(images.decode_images_per_s, 1)
         if opt_v is not None:
             state.passes_forward += 1.0
             state.passes_backward += 1.0
@@ -248,23 +260,26 @@ def _workers(config: ReclipConfig) -> int:
     return default_workers() if config.workers is None else config.workers
 
 
-def train_pass(model: DualEncoder, dataset: ImageDataset, frozen: Features, pseudo_t: torch.Tensor,
+def train_pass(model: DualEncoder, images: Dataset, classnames: list[list[str]], frozen: Features,
+               pseudo_t: torch.Tensor,
                pseudo_v: torch.Tensor, heads: Heads, templates: list[str], config: ReclipConfig, epoch: int,
                opt_v: torch.optim.Optimizer | None, opt_t: torch.optim.Optimizer | None) -> dict[str, float]:
     """One shuffled pass; each batch trains each branch on the samples whose pseudo labels agree.
 
-    The shuffle order depends only on (seed, epoch), so a resumed run replays it exactly.
-    Under torchrun each rank runs V on its share of every batch and the gradients are summed,
-    which gives the single-process update; T needs no images, so every rank runs all of it.
+    ``images`` serves items ``(image, index, label)`` by dataset index. The shuffle order
+    depends only on (seed, epoch), so a resumed run replays it exactly. Under torchrun, row j
+    of ``frozen`` belongs to rank j % W (as in evaluation, so each rank decodes only its own
+    images); each rank runs V on its rows of every batch and the gradients are summed, which
+    gives the single-process update. T needs no images: every rank runs all of it.
     """
     device = model.device
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     batches = torch.randperm(len(frozen.indices), generator=generator).split(config.batch_size)  # rows of frozen
     agree = pseudo_t == pseudo_v
     if opt_v is not None:
-        shares = [frozen.indices[rows[distributed.rank()::distributed.world()]].tolist() for rows in batches]
-        images_of = iter(DataLoader(dataset, batch_sampler=shares, num_workers=_workers(config), collate_fn=collate))
-    row_of = torch.full((len(dataset),), -1, dtype=torch.long)
+        shares = [frozen.indices[rows[rows % distributed.world() == distributed.rank()]].tolist() for rows in batches]
+        images_of = iter(DataLoader(images, batch_sampler=shares, num_workers=_workers(config), collate_fn=collate))
+    row_of = torch.full((len(images),), -1, dtype=torch.long)
     row_of[frozen.indices] = torch.arange(len(frozen.indices))
     params_v = [p for group in opt_v.param_groups for p in group["params"]] if opt_v is not None else []
     # cross-entropy sums and agreed counts; V's are this rank's share until summed at the end
@@ -281,7 +296,7 @@ def train_pass(model: DualEncoder, dataset: ImageDataset, frozen: Features, pseu
         with _autocast(device):
             if opt_t is not None:
                 # T: frozen image features against first-template prompts, encoded once per step
-                t_short = class_embeddings(model, dataset.classnames, templates[:1])
+                t_short = class_embeddings(model, classnames, templates[:1])
                 logits_t = LOGIT_SCALE * frozen.features[rows].to(device) @ t_short.float().T
                 ce_t = masked_ce_sum(logits_t, pseudo_t[rows].to(device), agree[rows].float().to(device))
                 opt_t.zero_grad(set_to_none=True)
@@ -290,11 +305,11 @@ def train_pass(model: DualEncoder, dataset: ImageDataset, frozen: Features, pseu
                 sums["ce_t"] += ce_t.item()
             if opt_v is not None:
                 # V: its own image features against its centroid classifier (fixed during the pass)
-                images, indices, _, _ = batch
+                pixels, indices, _, _ = batch
                 mine = row_of[indices]
                 opt_v.zero_grad(set_to_none=True)
                 if len(mine):
-                    f = model.encode_image(images.to(device, non_blocking=True))
+                    f = model.encode_image(pixels.to(device, non_blocking=True))
                     logits_v = LOGIT_SCALE * f.float() @ heads.v_classifier.to(device).T
                     ce_v = masked_ce_sum(logits_v, pseudo_v[mine].to(device), agree[mine].float().to(device))
                     # masked mean over the whole (all-rank) batch; "reference" also divides by its size
