@@ -124,39 +124,20 @@ def test_preprocess_any_mode_and_size(model: BridgeDualEncoder, image: Image.Ima
     assert -1.0 <= x.min() and x.max() <= 1.01  # the Lite normalisation maps [0, 1] to ~[-1, 1]
 
 
-def test_calibrate_sets_mean_pooled_feature(model: BridgeDualEncoder, fmnist: GreyImages) -> None:
-    # Any iterable of batches works; an all-unreadable batch (collate's (0, 0, 0, 0) images)
-    # is passed over, and the cap of 6 images stops inside the last batch.
-    unreadable = (torch.empty(0, 0, 0, 0), torch.empty(0, dtype=torch.long),
-                  torch.empty(0, dtype=torch.long), [99])
-    batches = [collate([fmnist[i] for i in range(4)]), unreadable,
-               collate([fmnist[i] for i in range(4, 8)])]
-    model.calibration_images = 6
-    try:
-        model.calibrate(batches)
-    finally:
-        model.calibration_images = bridge_mod.DEFAULT_CALIBRATION_IMAGES
+def test_fit_target_sets_mean_pooled_feature(model: BridgeDualEncoder, fmnist: GreyImages) -> None:
     images = torch.stack([fmnist[i][0] for i in range(6)])
-    with torch.inference_mode():
-        expected = model.pooled_features(images).mean(dim=0)
-    torch.testing.assert_close(model.module.mu, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_calibrate_spreads_over_a_large_dataset(model: BridgeDualEncoder,
-                                                fmnist: GreyImages) -> None:
-    # A DataLoader over 40 images with a cap of 4 reads items 0, 13, 26 and 39, not 0..3.
-    images, labels = read_fmnist_test(40)
-    loader = DataLoader(GreyImages(images, labels, model.preprocess), batch_size=4,
-                        collate_fn=collate)
-    model.calibration_images = 4
+    saved = model.extra_state()
     try:
-        model.calibrate(loader)
+        with torch.inference_mode():
+            trunk = model.image_trunk(images)
+            model.fit_target(trunk)
+            torch.testing.assert_close(model.module.mu, trunk.mean(dim=0), atol=1e-5, rtol=1e-5)
+            # encode_image = head(trunk): one pass serves calibration and encoding
+            torch.testing.assert_close(model.encode_image(images), model.encode_head(trunk))
+        with pytest.raises(ReclipError):
+            model.fit_target(torch.empty(0, 1280))
     finally:
-        model.calibration_images = bridge_mod.DEFAULT_CALIBRATION_IMAGES
-    picked = torch.stack([fmnist[i][0] for i in (0, 13, 26, 39)])  # evenly spaced over 0..39
-    with torch.inference_mode():
-        expected = model.pooled_features(picked).mean(dim=0)
-    torch.testing.assert_close(model.module.mu, expected, atol=1e-5, rtol=1e-5)
+        model.load_extra_state(saved)
 
 
 def test_extra_state_round_trip(model: BridgeDualEncoder) -> None:
@@ -185,7 +166,7 @@ def test_embeddings_are_normalised_384(model: BridgeDualEncoder, fmnist: GreyIma
     with torch.inference_mode():
         z_img = model.encode_image(images)
         z_txt = model.encode_text(model.tokenize(["a photo of a dress.", "a bag"]))
-        pooled = model.pooled_features(images)
+        pooled = model.image_trunk(images)
     for z, n in ((z_img, 3), (z_txt, 2)):
         assert z.shape == (n, 384) and z.dtype == torch.float32
         torch.testing.assert_close(z.norm(dim=-1), torch.ones(n))
@@ -208,10 +189,10 @@ def test_gradients_reach_text_layernorms(model: BridgeDualEncoder) -> None:
 def test_zero_shot_fashion_mnist_beats_chance(model: BridgeDualEncoder,
                                               fmnist: GreyImages) -> None:
     # One pass of the image tower: centre with the mean of these very features (what
-    # calibrate computes, checked above), then apply the embedding checked above.
+    # fit_target computes, checked above), then apply the embedding checked above.
     loader = DataLoader(fmnist, batch_size=50, collate_fn=collate)
     with torch.inference_mode():
-        pooled = torch.cat([model.pooled_features(images) for images, *_ in loader])
+        pooled = torch.cat([model.image_trunk(images) for images, *_ in loader])
         z = nn.functional.normalize((pooled - pooled.mean(dim=0)) @ model.module.bridge, dim=-1)
         t = model.encode_text(model.tokenize([f"a photo of a {c}." for c in FMNIST_CLASSES]))
     accuracy = float(((z @ t.T).argmax(dim=1) == torch.from_numpy(fmnist.labels)).float().mean())

@@ -125,8 +125,8 @@ def extract_features(model: DualEncoder, dataset: ImageDataset, *, batch_size: i
     """Image features of every readable image of ``dataset`` under the frozen ``model``.
 
     With ``calibrate`` and a model that needs target statistics, they are fitted on this
-    dataset first (and restored from the cache on a hit); without it, the model's current
-    statistics are used (as ``predict`` does with an adapter's).
+    dataset in the same pass (and restored from the cache on a hit); without it, the model's
+    current statistics are used (as ``predict`` does with an adapter's).
     """
     workers = default_workers() if workers is None else workers
     path = cache_dir() / f"{_cache_key(model, dataset, calibrate)}.safetensors"
@@ -139,11 +139,19 @@ def extract_features(model: DualEncoder, dataset: ImageDataset, *, batch_size: i
         return Features(blob["features"], blob["indices"], blob["labels"], blob["skipped"].tolist(),
                         from_cache=True)
 
+    positions = list(range(len(dataset)))
     if calibrate and model.needs_calibration:
-        # every rank fits the same statistics on the same images: no communication needed
-        model.calibrate(make_loader(dataset, batch_size, workers))
-    out = encode_dataset(model.encode_image, model.device, dataset, list(range(len(dataset))),
-                         batch_size=batch_size, workers=workers, desc=f"features {dataset.name}")
+        # one pass: the trunk outputs of all images fit the target statistics (identically on
+        # every rank, since all ranks hold all of them), then the head finishes the embedding
+        out = encode_dataset(model.image_trunk, model.device, dataset, positions, batch_size=batch_size,
+                             workers=workers, desc=f"features {dataset.name}")
+        model.fit_target(out.features)
+        with torch.inference_mode():
+            out.features = torch.cat([
+                model.encode_head(chunk.to(model.device)).cpu() for chunk in out.features.split(4096)])
+    else:
+        out = encode_dataset(model.encode_image, model.device, dataset, positions, batch_size=batch_size,
+                             workers=workers, desc=f"features {dataset.name}")
     if use_cache and len(out.indices) and distributed.is_main():
         blob = {"features": out.features.contiguous(), "indices": out.indices, "labels": out.labels,
                 "skipped": torch.tensor(out.skipped, dtype=torch.long)}

@@ -31,6 +31,7 @@ from reclip.data.images import (
     list_images,
     scan_class_folders,
 )
+from reclip.data.webdataset import CLASSNAMES_FILE, WDS_PREFIX, wds_source
 from reclip.data.prompts import benchmark_templates, get_classnames, read_classnames
 from reclip.errors import ReclipError
 
@@ -193,6 +194,8 @@ def load_dataset(
     - a flat folder of images, with ``classnames`` (labels are then all -1);
     - a ``.csv``/``.tsv`` file of ``path[,label]`` rows (optional header; relative paths
       are relative to the file; a label is a class index or a class name; empty = unknown);
+    - ``wds:/path/{000000..000099}.tar``: WebDataset shards (image + ``.cls`` per sample,
+      ``classnames.txt`` beside them), read in place;
     - a benchmark name such as ``cifar10`` or ``fashion-mnist`` (case, ``-`` and ``_`` do
       not matter), read from ``root`` (default ``$RECLIP_DATA/<name>`` or
       ``~/.cache/reclip/datasets/<name>``), downloaded there when ``download`` is True and
@@ -207,6 +210,8 @@ def load_dataset(
     """
     given = _given_classnames(classnames)
     text = os.fspath(spec)
+    if text.startswith(WDS_PREFIX):
+        return _webdataset(text, given, transform, strict)
     name = None if isinstance(spec, os.PathLike) or _looks_like_path(text) else canonical_name(text)
     if name is not None:
         folder = benchmark_root(name, root)
@@ -227,6 +232,17 @@ def load_dataset(
         source, names, name=resolved.stem if resolved.is_file() else resolved.name, spec=text,
         root=str(resolved), split=split, transform=transform, strict=strict,
     )
+
+
+def _webdataset(spec: str, given: _GivenClasses | None, transform: Callable[[Any], Any] | None,
+                strict: bool) -> ImageDataset:
+    source, names, templates, root = wds_source(spec)
+    if names is None and given is None:
+        raise ReclipError(f"no {CLASSNAMES_FILE} beside the shards of {spec}; {_NEED_CLASSNAMES}")
+    found = f"the shards of {spec} have {len(names or [])} classes in {CLASSNAMES_FILE}"
+    source, names = _attach_classnames(source, given, found, by_position=True)
+    return ImageDataset(source, names, name=Path(root).name, spec=spec, root=root, split="",
+                        templates=templates, transform=transform, strict=strict)
 
 
 # --- class names given by the user ------------------------------------------------------

@@ -51,8 +51,10 @@ class DualEncoder:
     name: str
     spec: str
     pretrained: str | None
-    # True when the image embedding depends on statistics of the target images (the
-    # bridge model centres its features); callers then run ``calibrate`` first.
+    # True when the image embedding depends on statistics of the target images (the bridge
+    # model centres its features). Such a model splits its image tower into
+    # ``image_trunk`` and ``image_head`` and fits the statistics with ``fit_target`` on the
+    # trunk outputs of all target images, so calibration costs no extra pass.
     needs_calibration: bool = False
 
     # --- implemented by each backend -------------------------------------------------
@@ -93,6 +95,10 @@ class DualEncoder:
         """B x C x H x W -> B x D, L2-normalised, float32."""
         return nn.functional.normalize(self._encode_image(images).float(), dim=-1)
 
+    def encode_head(self, trunk: torch.Tensor) -> torch.Tensor:
+        """B x K trunk outputs -> B x D, L2-normalised: ``encode_image`` = ``encode_head(image_trunk)``."""
+        return nn.functional.normalize(self.image_head(trunk).float(), dim=-1)
+
     def encode_text(self, tokens: Any) -> torch.Tensor:
         """Tokens of B prompts -> B x D, L2-normalised, float32."""
         return nn.functional.normalize(self._encode_text(tokens).float(), dim=-1)
@@ -111,13 +117,17 @@ class DualEncoder:
         """Affine weight and bias of every normalisation layer of the text tower."""
         return list(self.named_text_norm_parameters().values())
 
-    def calibrate(self, loader: Any) -> None:
-        """Fit target statistics the image embedding needs (no-op unless needs_calibration).
+    def image_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """B x C x H x W -> B x K: the image tower up to where target statistics enter."""
+        raise NotImplementedError(f"{type(self).__name__} needs no calibration")
 
-        ``loader`` is a DataLoader over the target dataset whose batches are
-        ``(images B x C x H x W, indices (B,), labels (B,), skipped)`` as produced by
-        ``reclip.data.datasets.collate``.
-        """
+    def image_head(self, trunk: torch.Tensor) -> torch.Tensor:
+        """B x K trunk outputs -> B x D unnormalised embeddings (uses the fitted statistics)."""
+        raise NotImplementedError(f"{type(self).__name__} needs no calibration")
+
+    def fit_target(self, trunk: torch.Tensor) -> None:
+        """Fit the target statistics from the N x K trunk outputs of the target images."""
+        raise NotImplementedError(f"{type(self).__name__} needs no calibration")
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         """Tensors beyond the norm affines that define this model's embedding (saved in adapters)."""

@@ -13,7 +13,8 @@ orthogonal Procrustes solution aligning the two sets:
     W = U V^T,   U S V^T = svd(l2n(fc.weight)^T E).
 
 Image embedding = ``l2n((f - mu) W)``. ``mu`` (1280,) is the mean pooled feature of the
-target images, set by ``calibrate`` (labels are never used). Without centring, the large
+target images, set by ``fit_target`` from the pooled features of all of them (labels are
+never used; the features come from the same pass that encodes the images). Without centring, the large
 positive mean that all ReLU6 features share dominates every image embedding after ``W``:
 Fashion-MNIST zero-shot top-1 (6 templates, 10,000 test images) falls from 42.4% to 28.7%.
 
@@ -27,15 +28,12 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset, Subset
 from torchvision import transforms
-from tqdm.auto import tqdm
 
 from ..errors import ReclipError
 from .base import DualEncoder
@@ -50,10 +48,6 @@ LITE_STD = (128 / 255,) * 3
 BRIDGE_TEMPLATE = "a photo of a {}."
 # Part of the cache key: bump when the recipe that produces W changes.
 BRIDGE_RECIPE = f"procrustes-v1|{BRIDGE_TEMPLATE}"
-# Calibration uses at most this many target images, spread evenly over the dataset: the
-# mean of 2,000 features is within noise of the full-set mean (see ``calibrate``) and a
-# large target set would otherwise cost a whole extra pass of the image tower.
-DEFAULT_CALIBRATION_IMAGES = 2000
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -100,21 +94,19 @@ class BridgeDualEncoder(DualEncoder):
 
     ``image_modules()`` is the EfficientNet (49 BatchNorm layers, 42,016 affine parameters;
     its ImageNet classifier is dropped), ``text_modules()`` the SentenceTransformer (13
-    LayerNorms, 9,984 affine parameters). Call ``calibrate`` on the target images before
-    encoding images; ``extra_state`` carries the resulting ``mu`` into adapter files.
+    LayerNorms, 9,984 affine parameters). ``fit_target`` on the target's pooled features
+    sets ``mu`` before images are encoded; ``extra_state`` carries it into adapter files.
     """
 
     needs_calibration = True
 
-    def __init__(self, image: nn.Module, text: nn.Module, bridge: torch.Tensor,
-                 calibration_images: int | None = DEFAULT_CALIBRATION_IMAGES) -> None:
-        """``bridge`` is ``W`` (1280 x 384); ``calibration_images`` caps ``calibrate`` (None: all)."""
+    def __init__(self, image: nn.Module, text: nn.Module, bridge: torch.Tensor) -> None:
+        """``bridge`` is ``W`` (1280 x 384)."""
         self.module = _BridgeModule(image, text, bridge)
         self.preprocess = bridge_transform()
         self.name = "bridge (EfficientNet-Lite0 + MiniLM-L6)"
         self.spec = "bridge"
         self.pretrained = None
-        self.calibration_images = calibration_images
         self._calibrated = False
         self._warned_uncalibrated = False
 
@@ -127,18 +119,30 @@ class BridgeDualEncoder(DualEncoder):
         device = self.device
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
 
-    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
-        """B x 3 x 224 x 224 -> B x 1280 globally average-pooled EfficientNet features."""
+    def image_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """B x 3 x 224 x 224 -> B x 1280 globally average-pooled EfficientNet features ``f``."""
         return self.module.image.extract_features(images).mean(dim=(2, 3))
+
+    def image_head(self, trunk: torch.Tensor) -> torch.Tensor:
+        """B x 1280 pooled features -> B x 384: ``(f - mu) W``."""
+        if not self._calibrated and not self._warned_uncalibrated:
+            self._warned_uncalibrated = True
+            warnings.warn("bridge model used before fit_target(): image features are not centred "
+                          "(mu = 0), which costs zero-shot accuracy (42% -> 29% on Fashion-MNIST)",
+                          RuntimeWarning, stacklevel=3)
+        return (trunk - self.module.mu) @ self.module.bridge
+
+    def fit_target(self, trunk: torch.Tensor) -> None:
+        """Set ``mu`` (1280,) to the mean pooled feature of the N x 1280 target features."""
+        if len(trunk) == 0:
+            raise ReclipError("cannot calibrate the bridge model: the target dataset has no images")
+        with torch.no_grad():
+            self.module.mu.copy_(trunk.double().mean(dim=0).float().to(self.module.mu.device))
+        self._calibrated = True
 
     def _encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """B x 3 x 224 x 224 -> B x 384: ``(f - mu) W``."""
-        if not self._calibrated and not self._warned_uncalibrated:
-            self._warned_uncalibrated = True
-            warnings.warn("bridge model used before calibrate(): image features are not centred "
-                          "(mu = 0), which costs zero-shot accuracy (42% -> 29% on Fashion-MNIST)",
-                          RuntimeWarning, stacklevel=3)
-        return (self.pooled_features(images) - self.module.mu) @ self.module.bridge
+        return self.image_head(self.image_trunk(images))
 
     def _encode_text(self, tokens: dict[str, Any]) -> torch.Tensor:
         """Feature dict of B prompts -> B x 384, differentiable w.r.t. the text tower."""
@@ -151,37 +155,6 @@ class BridgeDualEncoder(DualEncoder):
 
     def text_modules(self) -> list[nn.Module]:
         return [self.module.text]
-
-    # --- calibration -------------------------------------------------------------------
-    def calibrate(self, loader: Any) -> None:
-        """Set ``mu`` (1280,) to the mean pooled feature of the target images.
-
-        At most ``calibration_images`` images are used (all when None). For a map-style
-        ``DataLoader`` they are spread evenly over ``loader.dataset`` (so a dataset sorted
-        by class still contributes every class); otherwise the first ones are taken. On
-        Fashion-MNIST, centring on 2,000 evenly spread test images instead of all 10,000
-        changes zero-shot top-1 by 0.1 point (42.24% vs 42.37%). Labels are ignored, and so
-        are the unreadable images that ``collate`` drops.
-        """
-        limit = self.calibration_images
-        device = self.device
-        total = torch.zeros(FEATURE_DIM, dtype=torch.float64, device=device)
-        count = 0
-        with torch.inference_mode():
-            for images, *_ in tqdm(_calibration_batches(loader, limit), desc="bridge calibration",
-                                   unit="batch", leave=False):
-                if limit is not None:
-                    images = images[: limit - count]
-                if len(images) == 0:  # every image of the batch was unreadable
-                    continue
-                total += self.pooled_features(images.to(device)).double().sum(dim=0)
-                count += len(images)
-                if limit is not None and count >= limit:
-                    break
-        if count == 0:
-            raise ReclipError("cannot calibrate the bridge model: the target dataset has no images")
-        self.module.mu.copy_((total / count).float())
-        self._calibrated = True
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         return {"bridge.mu": self.module.mu.detach().cpu().clone()}
@@ -196,19 +169,6 @@ class BridgeDualEncoder(DualEncoder):
         self._calibrated = True
 
 
-def _calibration_batches(loader: Any, limit: int | None) -> Iterable[Any]:
-    """``loader``, or a loader over ``limit`` evenly spaced items of its map-style dataset."""
-    dataset = getattr(loader, "dataset", None)
-    if (limit is None or not isinstance(loader, DataLoader) or isinstance(dataset, IterableDataset)
-            or len(dataset) <= limit):
-        return loader
-    indices = np.unique(np.linspace(0, len(dataset) - 1, num=limit).round().astype(int)).tolist()
-    return DataLoader(Subset(dataset, indices), batch_size=loader.batch_size or 64,
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                      pin_memory=loader.pin_memory)
-
-
-# --- building ------------------------------------------------------------------------------
 def cache_dir() -> Path:
     """Where fitted bridge maps are cached: ``$RECLIP_CACHE/bridge`` or ``~/.cache/reclip/bridge``."""
     root = os.environ.get("RECLIP_CACHE") or Path.home() / ".cache" / "reclip"
@@ -278,13 +238,12 @@ def _load_or_fit_bridge(classifier: torch.Tensor, text: nn.Module, key: str) -> 
     return bridge
 
 
-def build_bridge(device: str | torch.device | None = None,
-                 calibration_images: int | None = DEFAULT_CALIBRATION_IMAGES) -> BridgeDualEncoder:
+def build_bridge(device: str | torch.device | None = None) -> BridgeDualEncoder:
     """Build the bridge model from the weights shipped in its pip packages (no network).
 
     ``device``: where the model lives (None: CUDA when available, else CPU). The first build
     fits ``W`` (embeds 1000 ImageNet prompts) and caches it under ``cache_dir()``; later
-    builds load it. The returned model still needs ``calibrate`` on the target images.
+    builds load it. The returned model still needs ``fit_target`` on the target's features.
     """
     # Only local paths are loaded; offline mode keeps transformers from probing the Hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -316,6 +275,6 @@ def build_bridge(device: str | torch.device | None = None,
     bridge = _load_or_fit_bridge(classifier, text, _file_digest([image_weights, *text_weights]))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = BridgeDualEncoder(image, text, bridge, calibration_images)
+    model = BridgeDualEncoder(image, text, bridge)
     model.to(device)
     return model
