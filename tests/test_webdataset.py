@@ -49,7 +49,7 @@ def test_shards_are_read_in_place_with_random_access(shards):
     ds = reclip.load_dataset(f"wds:{shards}/test/{{000000..000002}}.tar")
     assert len(ds) == 11 and ds.classnames == [["red square"], ["blue square"]]
     assert ds.labels.tolist() == [k % 2 for k in range(11)]
-    assert ds[10][0].getpixel((0, 0)) == (10, 10, 200) and ds[2][0].mode == "RGB"
+    assert ds[9][0].getpixel((0, 0)) == (10, 10, 200) and ds[10][0].getpixel((0, 0)) == (200, 10, 10) and ds[2][0].mode == "RGB"
     with pytest.warns(UserWarning, match="s0000005.png"):
         assert ds[5][0] is None
     assert not list(shards.rglob("*.png"))  # nothing unpacked
