@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -41,6 +42,7 @@ class Features:
     labels: torch.Tensor
     skipped: list[int]
     from_cache: bool = False
+    seconds: float = 0.0  # wall time of the extraction (0 when read from the cache)
 
 
 def cache_dir() -> Path:
@@ -139,6 +141,7 @@ def extract_features(model: DualEncoder, dataset: ImageDataset, *, batch_size: i
         return Features(blob["features"], blob["indices"], blob["labels"], blob["skipped"].tolist(),
                         from_cache=True)
 
+    start = time.perf_counter()
     positions = list(range(len(dataset)))
     if calibrate and model.needs_calibration:
         # one pass: the trunk outputs of all images fit the target statistics (identically on
@@ -152,6 +155,7 @@ def extract_features(model: DualEncoder, dataset: ImageDataset, *, batch_size: i
     else:
         out = encode_dataset(model.encode_image, model.device, dataset, positions, batch_size=batch_size,
                              workers=workers, desc=f"features {dataset.name}")
+    out.seconds = time.perf_counter() - start
     if use_cache and len(out.indices) and distributed.is_main():
         blob = {"features": out.features.contiguous(), "indices": out.indices, "labels": out.labels,
                 "skipped": torch.tensor(out.skipped, dtype=torch.long)}

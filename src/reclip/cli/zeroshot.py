@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> None:
     feats, _, logits = zero_shot(setup, args)
     metrics = {"task": "zeroshot", **describe(setup, feats),
                **classification_metrics(logits.softmax(dim=-1), feats.labels),
-               "seconds": round(time.perf_counter() - start, 3)}
+               "seconds": round(time.perf_counter() - start, 3),
+               "images_per_s": round(len(feats.indices) / feats.seconds, 1) if feats.seconds else None}
     if not distributed.is_main():
         return
     write_predictions(out / "predictions.csv", feats.indices, logits.softmax(dim=-1), setup.dataset.classnames,
