@@ -14,7 +14,6 @@ import torch
 
 import reclip
 from reclip.cli.main import main
-from reclip.data.prompts import DEFAULT_TEMPLATES
 from reclip.features import extract_features
 from reclip.method.adapter import Adapter
 from reclip.method.reclip import ReclipConfig, adapt
