@@ -34,7 +34,7 @@ from .. import distributed
 from ..features import Features, default_workers, encode_dataset
 from ..models.base import DualEncoder
 from .propagation import label_propagation
-from .zeroshot import LOGIT_SCALE, class_embeddings
+from .zeroshot import LOGIT_SCALE, class_embeddings, ensemble_classifiers
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,8 @@ def _autocast(device: torch.device):
 def text_heads(model: DualEncoder, classnames: list[list[str]], templates: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(first-template C x D, full-template C x D) embeddings of the current text tower, on CPU."""
     with torch.inference_mode(), _autocast(model.device):
-        return (class_embeddings(model, classnames, templates[:1]).float().cpu(),
-                class_embeddings(model, classnames, templates).float().cpu())
+        full, short = ensemble_classifiers(model, classnames, templates)
+    return short.float().cpu(), full.float().cpu()
 
 
 def initial_state(model: DualEncoder, classnames: list[list[str]], templates: list[str]) -> RunState:
@@ -199,7 +199,8 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
 
     # V's features: the frozen ones until V has trained (a resumed run re-encodes them)
     f_v = evaluate_v() if config.trains_v and state.epoch > 0 else frozen.features
-    for epoch in range(state.epoch, epochs):
+    first_epoch = state.epoch
+    for epoch in range(first_epoch, epochs):
         start = time.perf_counter()
         h = state.heads
         # 1. evaluate both branches (f_v was computed after the previous training pass)
@@ -232,7 +233,7 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
                                 opt_v, opt_t))
         if opt_v is not None:
             stats["train_images_per_s"] = round(n / (time.perf_counter() - train_start), 1)
-        if isinstance(images, DecodedImages) and epoch == state.epoch:
+        if isinstance(images, DecodedImages) and epoch == first_epoch:
             stats["decode_images_per_s"] = round(images.decode_images_per_s, 1)
         if opt_v is not None:
             state.passes_forward += 1.0
