@@ -52,6 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--v-loss", choices=("mean", "reference"), default=d.v_loss,
                    help="mean: masked mean like T (default); reference: the authors' "
                         "mean(CE*mask)/sum(mask) scaling")
+    g.add_argument("--v-graph", choices=("centroids", "text"), default=d.v_graph,
+                   help="V's label-propagation class nodes: centroids (its current classifier, default) "
+                        "or text (the original text embeddings, as the authors' code)")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
     p.add_argument("--out", required=True, help="output folder")
@@ -69,7 +72,7 @@ def make_config(args: argparse.Namespace) -> ReclipConfig:
         raise ReclipError(f"--cut-dim must be at least 2, got {args.cut_dim}")
     return ReclipConfig(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr_v=args.lr_v,
                         lr_t=args.lr_t, weight_decay=args.weight_decay, k=args.k, alpha=args.alpha,
-                        cut_dim=args.cut_dim, knn=args.knn, v_loss=args.v_loss, seed=args.seed,
+                        cut_dim=args.cut_dim, knn=args.knn, v_loss=args.v_loss, v_graph=args.v_graph, seed=args.seed,
                         workers=args.workers)
 
 
