@@ -23,6 +23,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,9 +43,10 @@ ZERO_NORM_RTOL = 1e-6
 #: Most class columns solved together, and the memory the CG work arrays may use.
 MAX_CG_BLOCK = 256
 CG_WORKSPACE_BYTES = 1 << 30
-#: CPU solves whose (n x block) arrays are at most this size run on one thread: they
-#: gain nothing from more, and on a busy machine every parallel region can cost
-#: milliseconds of waiting (measured 75x slower on 2 shared cores).
+#: CPU solves whose (n x block) arrays are at most this size run on one thread, like
+#: the small SVD of the projection: they gain nothing from more threads, and on a busy
+#: machine every parallel region can cost milliseconds of waiting (measured on 2
+#: shared cores: CG 75x and a 768 x 1000 SVD 50x slower with 2 threads than with 1).
 SINGLE_THREAD_ELEMENTS = 1 << 20
 #: Rows per chunk when reducing over N x D or N x C arrays.
 _ROW_CHUNK = 1 << 16
@@ -127,7 +129,8 @@ def projection(class_embeddings: ArrayLike, cut_dim: int | None = None) -> torch
     if cut_dim is not None and cut_dim < 2:
         raise ReclipError(f"cut_dim must be at least 2 (or None for D), got {cut_dim}")
     rank = min(num_classes, dim, dim if cut_dim is None else cut_dim)
-    left, _, _ = torch.linalg.svd(classes.double().T, full_matrices=False)
+    with _torch_threads(1):
+        left, _, _ = torch.linalg.svd(classes.double().T, full_matrices=False)
     return left[:, 1:rank].float().contiguous()
 
 
@@ -355,10 +358,8 @@ def _propagate(
     def matvec(p: torch.Tensor) -> torch.Tensor:
         return torch.addmm(p, adjacency, p, alpha=-alpha)
 
-    threads = torch.get_num_threads()
-    if device.type == "cpu" and num_nodes * block <= SINGLE_THREAD_ELEMENTS:
-        torch.set_num_threads(1)
-    try:
+    small = device.type == "cpu" and num_nodes * block <= SINGLE_THREAD_ELEMENTS
+    with _torch_threads(1 if small else torch.get_num_threads()):
         for first in range(0, num_classes, block):
             columns = torch.arange(first, min(first + block, num_classes))
             rhs = torch.zeros(num_nodes, len(columns), device=device)
@@ -367,9 +368,18 @@ def _propagate(
             scores[:, columns] = result.solution.cpu()
             iterations[columns] = result.iterations
             converged[columns] = result.converged
-    finally:
-        torch.set_num_threads(threads)
     return scores, iterations, converged
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run the body with ``count`` torch CPU threads, restoring the previous count after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _graph_coordinates(features: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,312 @@
+"""Tests of the sparse label-propagation engine against the dense reference (METHOD.md 1-2)."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg
+import torch
+
+from reclip import PropagationResult, label_propagation, projection
+from reclip.errors import ReclipError
+from reclip.method import knn as knn_module
+from reclip.method import propagation as propagation_module
+from reclip.method.knn import _drop_self, knn_search
+from reclip.method.propagation import conjugate_gradient, normalised_adjacency
+
+sys.path.insert(0, str(Path(__file__).parent))
+import dense_reference
+
+
+def clustered(
+    num_images: int = 300, num_classes: int = 5, dim: int = 32, noise: float = 1.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit class embeddings sharing one direction, images noisy around their class.
+
+    Returns (images N x D float32, classes C x D float32, true labels (N,)).
+    """
+    rng = np.random.default_rng(seed)
+    shared = rng.standard_normal(dim)
+    shared /= np.linalg.norm(shared)
+    own = rng.standard_normal((num_classes, dim)) / np.sqrt(dim)
+    classes = 0.8 * shared + own
+    classes /= np.linalg.norm(classes, axis=1, keepdims=True)
+    truth = rng.integers(0, num_classes, num_images)
+    images = classes[truth] + noise * rng.standard_normal((num_images, dim)) / np.sqrt(dim)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    return images.astype(np.float32), classes.astype(np.float32), truth
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return clustered()
+
+
+@pytest.fixture(scope="module")
+def reference_adjacency(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    images, classes, _ = data
+    return dense_reference.normalised_adjacency(images, classes, k=10)
+
+
+# --- projection ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("num_classes", "dim", "cut_dim", "rank"), [(5, 32, None, 4), (5, 32, 3, 2), (40, 16, None, 15)])
+def test_projection_is_orthogonal_projector(num_classes: int, dim: int, cut_dim: int | None, rank: int) -> None:
+    _, classes, _ = clustered(num_images=1, num_classes=num_classes, dim=dim)
+    basis = projection(classes, cut_dim=cut_dim).double()
+    assert basis.shape == (dim, rank)
+    p = basis @ basis.T
+    torch.testing.assert_close(p @ p, p, atol=1e-6, rtol=0)
+    torch.testing.assert_close(p, p.T, atol=1e-7, rtol=0)
+    assert torch.linalg.matrix_rank(p, atol=1e-5) == rank
+    first = torch.from_numpy(np.linalg.svd(classes.T.astype(np.float64), full_matrices=False)[0][:, 0])
+    assert float((p @ first).norm()) < 1e-6
+    np.testing.assert_allclose(p.numpy(), dense_reference.projector(classes, cut_dim), atol=1e-6)
+
+
+def test_projection_rejects_degenerate_rank() -> None:
+    _, classes, _ = clustered(num_images=1)
+    with pytest.raises(ReclipError, match="cut_dim"):
+        projection(classes, cut_dim=1)
+    with pytest.raises(ReclipError, match="at least 2"):
+        projection(classes[:1])
+
+
+# --- graph and solver against the dense reference ----------------------------------------
+
+
+def test_graph_matches_dense_reference(data, reference_adjacency: np.ndarray) -> None:
+    images, classes, _ = data
+    unit_classes = torch.nn.functional.normalize(torch.from_numpy(classes), dim=1)
+    nodes = torch.cat([unit_classes, torch.from_numpy(images)]) @ projection(unit_classes)
+    nodes = torch.nn.functional.normalize(nodes, dim=1)
+    neighbours = knn_search(nodes, 10)
+    sparse = normalised_adjacency(neighbours.indices, neighbours.similarities).to_dense().numpy()
+    np.testing.assert_allclose(sparse, reference_adjacency, atol=1e-6)
+    assert np.all(np.diag(sparse) == 0)
+
+
+def test_block_cg_equals_scipy_cg_per_column(reference_adjacency: np.ndarray) -> None:
+    """Each column keeps its own steps and stops on scipy's rule, whatever its neighbours do."""
+    system = np.eye(len(reference_adjacency)) - 0.99 * reference_adjacency
+    rng = np.random.default_rng(1)
+    rhs = rng.standard_normal((len(system), 6)) * np.array([1.0, 1e-3, 10.0, 1.0, 1.0, 0.0])
+    rhs[:, 3] = 0.0
+    rhs[7, 3] = 1.0  # a one-hot column, like the class nodes
+    matrix = torch.from_numpy(system)
+    result = conjugate_gradient(lambda p: matrix @ p, torch.from_numpy(rhs), max_iter=35, tol=1e-4)
+    for j in range(rhs.shape[1]):
+        steps: list[np.ndarray] = []
+        expected, info = scipy.sparse.linalg.cg(system, rhs[:, j], rtol=1e-4, maxiter=35, callback=steps.append)
+        np.testing.assert_allclose(result.solution[:, j].numpy(), expected, atol=1e-12, rtol=0)
+        assert int(result.iterations[j]) == len(steps)
+        if info == 0:
+            assert result.converged[j]
+    assert result.iterations[5] == 0 and result.converged[5]
+    assert (result.iterations[:5] < 35).any() and (result.iterations == 35).any()
+
+
+def test_converged_solution_matches_dense_direct_solve(data, reference_adjacency: np.ndarray) -> None:
+    images, classes, _ = data
+    result = label_propagation(images, classes, k=10, max_iter=1000, tol=1e-7)
+    full = dense_reference.solve_direct(reference_adjacency, len(classes))
+    np.testing.assert_allclose(result.scores.numpy(), full[len(classes):], atol=1e-4, rtol=0)
+    assert torch.equal(result.labels, torch.from_numpy(full[len(classes):].argmax(1)))
+    expected_centroids = dense_reference.centroids(images, classes, full.argmax(1))
+    np.testing.assert_allclose(result.centroids.numpy(), expected_centroids, atol=1e-5)
+
+
+def test_twenty_iterations_match_per_class_cg(data, reference_adjacency: np.ndarray) -> None:
+    images, classes, _ = data
+    result = label_propagation(images, classes, k=10)
+    full = dense_reference.solve_cg(reference_adjacency, len(classes), max_iter=20, tol=1e-6)
+    agreement = (result.labels.numpy() == full[len(classes):].argmax(1)).mean()
+    assert agreement >= 0.995
+    np.testing.assert_allclose(result.scores.numpy(), full[len(classes):], atol=1e-4, rtol=0)
+    assert result.iterations == 20 and result.converged == 0  # truncation is exercised
+
+
+def test_cut_dim_smaller_than_num_classes(data) -> None:
+    images, classes, _ = data
+    result = label_propagation(images, classes, k=10, cut_dim=3, max_iter=1000, tol=1e-7)
+    adjacency = dense_reference.normalised_adjacency(images, classes, k=10, cut_dim=3)
+    full = dense_reference.solve_direct(adjacency, len(classes))
+    np.testing.assert_allclose(result.scores.numpy(), full[len(classes):], atol=1e-4, rtol=0)
+
+
+def test_unprojected_numpy_float64_inputs(data) -> None:
+    images, classes, _ = data
+    result = label_propagation(images.astype(np.float64), classes.astype(np.float64), k=10, project=False)
+    adjacency = dense_reference.normalised_adjacency(images, classes, k=10, project=False)
+    full = dense_reference.solve_cg(adjacency, len(classes))
+    np.testing.assert_allclose(result.scores.numpy(), full[len(classes):], atol=1e-4, rtol=0)
+
+
+def test_blocks_of_classes_give_the_same_answer(data, monkeypatch: pytest.MonkeyPatch) -> None:
+    images, classes, _ = data
+    whole = label_propagation(images, classes, k=10)
+    monkeypatch.setattr(propagation_module, "MAX_CG_BLOCK", 2)
+    blocked = label_propagation(images, classes, k=10)
+    torch.testing.assert_close(blocked.scores, whole.scores, atol=1e-5, rtol=0)
+
+
+# --- result contents ----------------------------------------------------------------------
+
+
+def test_result_types_shapes_and_confidence(data) -> None:
+    images, classes, truth = data
+    result = label_propagation(torch.from_numpy(images), torch.from_numpy(classes), k=10)
+    assert isinstance(result, PropagationResult)
+    assert result.labels.dtype == torch.int64 and result.labels.shape == (300,)
+    assert result.scores.dtype == torch.float32 and result.scores.shape == (300, 5)
+    assert result.centroids.shape == (5, 32)
+    torch.testing.assert_close(result.centroids.norm(dim=1), torch.ones(5))
+    assert (result.labels.numpy() == truth).mean() > 0.9
+    prob = result.scores.clamp(min=0)
+    prob = prob / prob.sum(1, keepdim=True)
+    expected = 1 + (prob * prob.clamp(min=1e-30).log()).sum(1) / np.log(5)
+    torch.testing.assert_close(result.confidence, expected, atol=1e-5, rtol=0)
+    assert set(result.timings) == {"graph", "knn", "solve", "total"}
+    assert result.knn_recall is None and result.k == 10
+    again = label_propagation(images, classes, k=10)
+    assert torch.equal(again.scores, result.scores)
+
+
+# --- k-NN backends ----------------------------------------------------------------------------
+
+
+def test_approximate_knn_calibrates_ivf_and_reports_recall(caplog: pytest.LogCaptureFixture) -> None:
+    images, classes, _ = clustered(num_images=3000, num_classes=50)
+    exact = label_propagation(images, classes, k=10)
+    with caplog.at_level(logging.INFO, logger="reclip.method.knn"):
+        approx = label_propagation(images, classes, k=10, knn="approx")
+    assert "calibration recall" in caplog.text and approx.knn_backend.startswith("faiss-ivf nprobe=")
+    assert approx.knn_recall is not None and approx.knn_recall >= 0.95
+    assert f"recall@10 on 1000 sampled queries: {approx.knn_recall:.4f}" in caplog.text
+    assert (approx.labels == exact.labels).float().mean() >= 0.97
+
+
+def test_approximate_knn_falls_back_to_exact_when_ivf_cannot_help(data, caplog: pytest.LogCaptureFixture) -> None:
+    images, classes, _ = data  # 305 nodes: 7 lists, probing 1 of them misses the recall target
+    exact = label_propagation(images, classes, k=10)
+    with caplog.at_level(logging.INFO, logger="reclip.method.knn"):
+        approx = label_propagation(images, classes, k=10, knn="approx")
+    assert "using exact search" in caplog.text and approx.knn_backend == "faiss-flat (ivf fallback)"
+    assert approx.knn_recall == 1.0 and exact.knn_backend == "faiss-flat"
+    torch.testing.assert_close(approx.scores, exact.scores)
+
+
+def test_torch_search_matches_faiss(data, monkeypatch: pytest.MonkeyPatch) -> None:
+    images, classes, _ = data
+    with_faiss = label_propagation(images, classes, k=10)
+    monkeypatch.setattr(knn_module, "faiss", None)
+    without = label_propagation(images, classes, k=10)
+    assert without.knn_backend == "torch"
+    torch.testing.assert_close(without.scores, with_faiss.scores, atol=1e-6, rtol=0)
+    with pytest.raises(ReclipError, match="faiss-cpu"):
+        label_propagation(images, classes, k=10, knn="approx")
+
+
+def test_drop_self_when_self_is_not_first_or_missing() -> None:
+    idx = torch.tensor([[3, 0, 5], [4, 2, 9], [1, 7, 2]])
+    sims = torch.tensor([[1.0, 1.0, 0.5], [1.0, 1.0, 0.9], [0.8, -1.0, 0.2]])
+    out_idx, out_sims = _drop_self(idx, sims, torch.tensor([0, 1, 7]), 2)
+    assert out_idx.tolist() == [[3, 5], [4, 2], [1, 2]]
+    torch.testing.assert_close(out_sims, torch.tensor([[1.0, 0.5], [1.0, 1.0], [0.8, 0.2]]))
+
+
+# --- edge cases -------------------------------------------------------------------------------
+
+
+def test_k_larger_than_graph_is_clipped_with_warning() -> None:
+    images, classes, _ = clustered(num_images=5, num_classes=3)
+    with pytest.warns(UserWarning, match="exceeds"):
+        result = label_propagation(images, classes, k=20)
+    assert result.k == 7
+    assert torch.isfinite(result.scores).all()
+
+
+@pytest.mark.parametrize("knn", ["exact", "approx"])
+def test_duplicate_points(knn: str) -> None:
+    images, classes, truth = clustered(num_images=40, num_classes=4)
+    images, truth = np.repeat(images, 4, axis=0), np.repeat(truth, 4)  # self ties with 3 copies
+    nodes = torch.nn.functional.normalize(torch.from_numpy(np.concatenate([classes, images])), dim=1)
+    neighbours = knn_search(nodes, 10, knn)
+    assert not (neighbours.indices == torch.arange(len(nodes))[:, None]).any()
+    assert all(len(set(row)) == 10 for row in neighbours.indices.tolist())
+    result = label_propagation(images, classes, k=10, knn=knn)
+    assert torch.isfinite(result.scores).all()
+    groups = result.labels.view(40, 4)
+    assert (groups == groups[:, :1]).all()
+    assert (result.labels.numpy() == truth).mean() > 0.9
+
+
+def test_zero_degree_nodes_have_zero_rows() -> None:
+    # node 0's only neighbour is antipodal (affinity 0) and nobody points back to it
+    indices = torch.tensor([[1], [2], [1]])
+    similarities = torch.tensor([[-1.0], [1.0], [1.0]])
+    dense = normalised_adjacency(indices, similarities).to_dense()
+    assert torch.isfinite(dense).all() and (dense[0] == 0).all() and (dense[:, 0] == 0).all()
+
+    axis = np.eye(4, dtype=np.float32)[0]
+    classes = np.stack([-axis, -axis])
+    images = np.stack([axis] + [-axis] * 10)  # image 0 is antipodal to every other node
+    result = label_propagation(images, classes, k=3, project=False)
+    for tensor in (result.scores, result.confidence, result.centroids):
+        assert torch.isfinite(tensor).all()
+    assert (result.scores[0] == 0).all() and result.labels[0] == 0 and result.confidence[0] == 0
+
+
+def test_two_classes_one_dimensional_projection() -> None:
+    images, classes, _ = clustered(num_images=60, num_classes=2, dim=16)
+    direction = projection(classes)[:, 0].numpy()
+    images[0] -= (images[0] @ direction) * direction  # projects to zero
+    result = label_propagation(images, classes, k=5)
+    for tensor in (result.scores, result.confidence, result.centroids):
+        assert torch.isfinite(tensor).all()
+    coordinate = images @ direction
+    side = np.sign(np.where(np.abs(coordinate) < 1e-6, 0.0, coordinate))
+    assert side[0] == 0
+    class_side = np.sign(classes @ direction)
+    assert class_side[0] == -class_side[1]
+    reached = (result.scores.abs().sum(1) > 0).numpy() & (side != 0)
+    expected = np.where(side == class_side[0], 0, 1)
+    assert reached.sum() > 50
+    assert (result.labels.numpy()[reached] == expected[reached]).all()
+
+
+def test_more_classes_than_dimensions() -> None:
+    images, classes, _ = clustered(num_images=200, num_classes=40, dim=16)
+    result = label_propagation(images, classes, k=10)
+    assert torch.isfinite(result.scores).all()
+    assert result.scores.shape == (200, 40) and result.centroids.shape == (40, 16)
+    assert 0 <= int(result.labels.min()) and int(result.labels.max()) < 40
+
+
+@pytest.mark.parametrize(
+    ("images", "classes", "message"),
+    [
+        (np.full((4, 8), np.nan, dtype=np.float32), np.ones((3, 8)), "image_features contains NaN or inf"),
+        (np.ones((4, 8)), np.array([[np.inf] * 8, [1.0] * 8]), "class_embeddings contains NaN or inf"),
+        (np.ones((4, 8)), np.ones((3, 6)), "D=8 but class_embeddings have D=6"),
+        (np.ones((4, 8)), np.ones((1, 8)), "at least 2 classes"),
+        (np.ones(8), np.ones((3, 8)), "2-D"),
+    ],
+)
+def test_invalid_inputs_raise_reclip_error(images: np.ndarray, classes: np.ndarray, message: str) -> None:
+    with pytest.raises(ReclipError, match=message):
+        label_propagation(images, classes)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [({"k": 0}, "k must"), ({"alpha": 1.0}, "alpha"), ({"max_iter": 0}, "max_iter"), ({"knn": "ivf"}, "knn must")],
+)
+def test_invalid_options_raise_reclip_error(data, option: dict, message: str) -> None:
+    images, classes, _ = data
+    with pytest.raises(ReclipError, match=message):
+        label_propagation(images, classes, **option)
