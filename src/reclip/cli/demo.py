@@ -27,8 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="zero-shot vs label propagation vs ReCLIP on Fashion-MNIST, offline",
                        description=__doc__)
     p.add_argument("--n", type=int, default=2000,
-                   help="images of the Fashion-MNIST test set to adapt on (default 2000, ~12 minutes on "
-                        "2 CPU cores; 10000 for the full test set)")
+                   help="images of the Fashion-MNIST test set to adapt on (default 2000; 10000 for the "
+                        "full test set)")
     p.add_argument("--out", default="reclip-demo", help="output folder (default: ./reclip-demo)")
     p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST IDX files")
     p.add_argument("--epochs", type=int, default=None, help="ReCLIP epochs (default: N // 5000 + 2)")
