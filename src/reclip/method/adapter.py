@@ -21,6 +21,7 @@ from .. import __version__
 from ..errors import ReclipError
 from ..io import atomic_path
 from ..models.base import DualEncoder
+from ..precision import autocast
 from .reclip import combined_logits
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -133,7 +134,8 @@ class AdaptedModel:
         frozen = self.model.encode_image(images).cpu()
         if not self.adapter.image_norms:
             return frozen, frozen
-        with image_norms(self.model, self.adapter.image_norms):
+        # V ran in this precision when adapt evaluated it last
+        with image_norms(self.model, self.adapter.image_norms), autocast(self.model.device):
             return frozen, self.model.encode_image(images).cpu()
 
     def logits(self, f_frozen: torch.Tensor, f_v: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from ..data.pixels import DecodedImages, split_transform
 from .. import distributed
 from ..features import Features, default_workers, encode_dataset
 from ..models.base import DualEncoder
+from ..precision import autocast
 from .propagation import label_propagation
 from .zeroshot import LOGIT_SCALE, class_embeddings, ensemble_classifiers
 
@@ -139,14 +140,9 @@ def combined_logits(f_frozen: torch.Tensor, f_v: torch.Tensor, t_classifier: tor
     return {"reclip": 0.5 * (logits_t + logits_v), "v-only": logits_v, "t-only": logits_t}[mode]
 
 
-def _autocast(device: torch.device):
-    # bf16 on CUDA; the norm parameters and SGD master weights stay float32.
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def text_heads(model: DualEncoder, classnames: list[list[str]], templates: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(first-template C x D, full-template C x D) embeddings of the current text tower, on CPU."""
-    with torch.inference_mode(), _autocast(model.device):
+    with torch.inference_mode(), autocast(model.device):
         full, short = ensemble_classifiers(model, classnames, templates)
     return short.float().cpu(), full.float().cpu()
 
@@ -199,7 +195,7 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
     def evaluate_v() -> torch.Tensor:
         """N x D features of V's current image tower (sharded over ranks, gathered)."""
         state.passes_forward += 1.0
-        with _autocast(device):
+        with autocast(device):
             return encode_dataset(model.encode_image, device, images, frozen.indices.tolist(),
                                   batch_size=config.batch_size, workers=_workers(config), desc="evaluate V").features
 
@@ -300,7 +296,7 @@ def train_pass(model: DualEncoder, images: Dataset, classnames: list[list[str]],
         if count == 0:
             continue
         sums["agreed"] += count
-        with _autocast(device):
+        with autocast(device):
             if opt_t is not None:
                 # T: frozen image features against first-template prompts, encoded once per step
                 t_short = class_embeddings(model, classnames, templates[:1])

@@ -43,9 +43,10 @@ def load_model(spec: str, pretrained: str | None = None,
                     "ViT-B-32, ViT-L-14 or RN50 (see open_clip.list_models()), hf:org/repo or "
                     "hf:/path/to/folder") from None
             raise
-    if torch.device(device).type == "cuda":
-        # cuDNN's fast convolution kernels want NHWC; transformers' towers are unaffected
-        for tower in model.image_modules():
-            if any(isinstance(m, torch.nn.Conv2d) for m in tower.modules()):
-                tower.to(memory_format=torch.channels_last)
+    # cuDNN's and oneDNN's fast convolution kernels want NHWC (EfficientNet-Lite0 on 2 CPU
+    # cores: 15 -> 31 images/s forward). Only convolutional towers: a ViT's one patch
+    # embedding conv gains nothing, and transformers' towers have none.
+    for tower in model.image_modules():
+        if sum(isinstance(m, torch.nn.Conv2d) for m in tower.modules()) > 1:
+            tower.to(memory_format=torch.channels_last)
     return model.eval()

@@ -1,0 +1,32 @@
+"""The precision ReCLIP's training and V's re-encoding run in: bf16 where the hardware has it.
+
+bf16 autocast on CUDA GPUs that support it and on CPUs with native bf16 matrix units
+(AMX or AVX512-BF16); float32 elsewhere, where emulated bf16 would be slower than float32.
+The norm parameters and the SGD master weights stay float32 either way. Frozen features
+(zero-shot, label propagation alone, T's inputs) are always computed in float32.
+
+Measured on 2 cores of a Xeon with AMX (EfficientNet-Lite0, 224 px, batch 64, channels_last):
+float32 forward 31 images/s, train step 13; bf16 forward 52, train step 20.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` runs bf16 matrix products natively (faster than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        # private helpers of torch.cpu; a torch without them gets float32
+        checks = (getattr(cpu, "_is_amx_tile_supported", None), getattr(cpu, "_is_avx512_bf16_supported", None))
+        return any(check is not None and check() for check in checks)
+    return False
+
+
+def autocast(device: torch.device | str) -> torch.autocast:
+    """bf16 autocast on ``device`` when it is native there, a no-op context otherwise."""
+    device = torch.device(device)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=native_bf16(device))
