@@ -309,16 +309,19 @@ def train_pass(model: DualEncoder, images: Dataset, classnames: list[list[str]],
             if opt_v is not None:
                 # V: its own image features against its centroid classifier (fixed during the pass)
                 pixels, indices, _, _ = batch
-                mine = row_of[indices]
+                # only agreed samples carry loss, and BatchNorm is frozen (eval mode), so the
+                # others would add nothing to the gradient: skip their forward and backward
+                keep = agree[row_of[indices]]
+                mine = row_of[indices[keep]]
                 opt_v.zero_grad(set_to_none=True)
                 if len(mine):
-                    f = model.encode_image(pixels.to(device, non_blocking=True))
+                    f = model.encode_image(pixels[keep].to(device, non_blocking=True))
                     logits_v = LOGIT_SCALE * f.float() @ heads.v_classifier.to(device).T
-                    ce_v = masked_ce_sum(logits_v, pseudo_v[mine].to(device), agree[mine].float().to(device))
+                    ce_v = cross_entropy(logits_v, pseudo_v[mine].to(device), reduction="sum")
                     # masked mean over the whole (all-rank) batch; "reference" also divides by its size
                     scale = count * (len(rows) if config.v_loss == "reference" else 1)
                     (ce_v / scale).backward()
-                    sums["ce_v"] += torch.tensor([ce_v.item(), float(agree[mine].sum())], dtype=torch.float64)
+                    sums["ce_v"] += torch.tensor([ce_v.item(), float(len(mine))], dtype=torch.float64)
                 distributed.sum_gradients(params_v)
                 opt_v.step()
         bar.set_postfix(agree=f"{sums['agreed'] / sums['seen']:.3f}",
