@@ -111,7 +111,7 @@ def test_adapt_writes_every_output(adapted_run):
                                    "agreement", "loss_t", "loss_v", "seconds"}
     # frozen features once, V evaluated after each of its 2 training passes; 2 backward passes
     assert m["passes"] == {"image_forward": 5.0, "image_backward": 2.0}
-    assert m["config"]["lr_v"] == 1e-3 and m["peak_memory_mb"] > 0
+    assert m["config"]["lr_v"] == ReclipConfig().lr_v == 1e-4 and m["peak_memory_mb"] > 0
     adapter = Adapter.load(out)
     assert adapter.meta["model"] == "tiny" and adapter.meta["templates"] == TEMPLATES
     assert adapter.v_classifier.shape == (4, 64) and adapter.image_norms and adapter.text_norms

@@ -44,13 +44,18 @@ MODES = ("reclip", "v-only", "t-only")
 
 @dataclass
 class ReclipConfig:
-    """Hyper-parameters; the defaults are METHOD.md's (the authors' settings)."""
+    """Hyper-parameters; the defaults are METHOD.md's (the authors' settings) except V's step
+    size and graph, explained below and in the README."""
 
     mode: str = "reclip"          # reclip | v-only | t-only
     epochs: int | None = None     # None: min(epoch_max, N // 5000 + 2)
     epoch_max: int = 100          # the reference's cap (so N // 5000 + 2 decides below 490k images)
     batch_size: int = 64
-    lr_v: float = 1e-3
+    # V's step: the authors' lr 1e-3 with V's loss divided by the batch size (an effective 1.6e-5);
+    # with the masked mean below, 1e-3 let V memorise its pseudo labels on 10,000 Fashion-MNIST
+    # images (training loss 0.06, T/V agreement 100% -> 48%, final top-1 50.3%). 1e-4 was chosen
+    # on 10,000 images of the TRAIN split, never the test split (see the README).
+    lr_v: float = 1e-4
     lr_t: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-4
