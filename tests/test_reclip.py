@@ -109,8 +109,11 @@ def test_adapt_writes_every_output(adapted_run):
     assert [e["epoch"] for e in m["epochs"]] == [0, 1]
     assert set(m["epochs"][0]) >= {"top1", "top1_t", "top1_v", "pseudo_label_acc_t", "pseudo_label_acc_v",
                                    "agreement", "loss_t", "loss_v", "seconds"}
-    # frozen features once, V evaluated after each of its 2 training passes; 2 backward passes
-    assert m["passes"] == {"image_forward": 5.0, "image_backward": 2.0}
+    # frozen features once, V evaluated after each of its 2 training passes, and each training
+    # pass runs forward and backward on the agreed samples only
+    trained = sum(e["agreed_trained"] for e in m["epochs"]) / 100
+    assert m["epochs"][0]["agreed_trained"] == 100 and m["epochs"][1]["agreed_trained"] < 100
+    assert m["passes"] == pytest.approx({"image_forward": 3.0 + trained, "image_backward": trained})
     assert m["config"]["lr_v"] == ReclipConfig().lr_v == 1e-4 and m["peak_memory_mb"] > 0
     adapter = Adapter.load(out)
     assert adapter.meta["model"] == "tiny" and adapter.meta["templates"] == TEMPLATES

@@ -241,8 +241,9 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
                                 opt_v, opt_t))
         if opt_v is not None:
             stats["train_images_per_s"] = round(n / (time.perf_counter() - train_start), 1)
-            state.passes_forward += 1.0
-            state.passes_backward += 1.0
+            # V ran forward and backward on the agreed samples only
+            state.passes_forward += stats["agreed_trained"] / n
+            state.passes_backward += stats["agreed_trained"] / n
         if isinstance(images, DecodedImages) and epoch == first_epoch:
             stats["decode_images_per_s"] = round(images.decode_images_per_s, 1)
 
