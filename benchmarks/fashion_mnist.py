@@ -38,9 +38,9 @@ def run_mode(mode: str, n: int, data_root: str, out: Path, env: dict) -> dict:
     metrics = m if mode == "zeroshot" else m["final"]
     row = {k: round(metrics[k], 4) for k in KEYS}
     row.update(seconds=m["seconds"], wall_seconds=round(wall, 1), peak_memory_mb=m.get("peak_memory_mb"))
+    row.update({f"final_{k}": round(metrics[k], 4) for k in ("top1_t", "top1_v") if k in metrics})
     if "epochs" in m:
-        row["epochs"] = m["epochs"]
-        row["passes"] = m["passes"]
+        row.update(config=m["config"], epochs=m["epochs"], passes=m["passes"])
     return row
 
 

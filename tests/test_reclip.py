@@ -114,7 +114,7 @@ def test_adapt_writes_every_output(adapted_run):
     trained = sum(e["agreed_trained"] for e in m["epochs"]) / 100
     assert m["epochs"][0]["agreed_trained"] == 100 and m["epochs"][1]["agreed_trained"] < 100
     assert m["passes"] == pytest.approx({"image_forward": 3.0 + trained, "image_backward": trained})
-    assert m["config"]["lr_v"] == ReclipConfig().lr_v == 1e-4 and m["peak_memory_mb"] > 0
+    assert m["config"]["v_loss"] == ReclipConfig().v_loss == "reference" and m["peak_memory_mb"] > 0
     adapter = Adapter.load(out)
     assert adapter.meta["model"] == "tiny" and adapter.meta["templates"] == TEMPLATES
     assert adapter.v_classifier.shape == (4, 64) and adapter.image_norms and adapter.text_norms

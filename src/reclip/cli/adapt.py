@@ -50,8 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cut-dim", type=int, default=None, help="projection rank r (default: D)")
     g.add_argument("--knn", choices=("exact", "approx"), default="exact")
     g.add_argument("--v-loss", choices=("mean", "reference"), default=d.v_loss,
-                   help="mean: masked mean like T (default); reference: the authors' "
-                        "mean(CE*mask)/sum(mask) scaling")
+                   help="reference: the authors' mean(CE*mask)/sum(mask), V's step divided by the batch "
+                        "size (default); mean: masked mean like T")
     g.add_argument("--v-graph", choices=("centroids", "text"), default=d.v_graph,
                    help="V's label-propagation class nodes: centroids (its current classifier, default) "
                         "or text (the original text embeddings, as the authors' code)")
