@@ -8,11 +8,12 @@ label-propagation centroids of those features each epoch and T trains on the agr
 labels. Needs only the cached frozen features (minutes, not the half hour of a full run).
 It measures how much V's training adds over V's centroid iteration alone: on the TRAIN split it
 was the evidence for V's loss scaling (README, "How the defaults were chosen"). Writes
-benchmarks/results/v_frozen.json.
+benchmarks/results/v_frozen.json (one entry per split and size).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -64,9 +65,11 @@ def main() -> None:
     final = {"top1": acc(logits.argmax(1)), "top1_t": acc((x @ heads.t_classifier.T).argmax(1)),
              "top1_v": acc((x @ heads.v_classifier.T).argmax(1))}
     print("final", final)
-    write_json(args.out, {"split": args.split, "n": len(x), "epochs": history, "final": final,
-                          "seconds": round(time.perf_counter() - start, 1),
-                          "command": f"python benchmarks/v_frozen.py --split {args.split} --n {args.n}"})
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results[f"{args.split}, n={len(x)}"] = {
+        "epochs": history, "final": final, "seconds": round(time.perf_counter() - start, 1),
+        "command": f"python benchmarks/v_frozen.py --split {args.split} --n {args.n}"}
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":
