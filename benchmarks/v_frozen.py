@@ -17,7 +17,6 @@ import json
 import time
 from pathlib import Path
 
-
 from reclip.cli.common import load_setup
 from reclip.features import extract_features
 from reclip.io import write_json
