@@ -39,9 +39,8 @@ from reclip.data.images import (
 )
 from reclip.data.prompts import normalize_name
 from reclip.errors import ReclipError
+from reclip.paths import data_home, system_data_roots
 
-DATA_HOME_ENV = "RECLIP_DATA"
-DEFAULT_DATA_HOME = Path("~/.cache/reclip/datasets")
 DOWNLOAD_TIMEOUT_S = 30.0  # per network operation, so an unreachable host fails fast
 
 Loader = Callable[[Path, str, bool], Source]  # (root, split, download) -> Source
@@ -67,15 +66,14 @@ class Benchmark:
     """How to load one named benchmark.
 
     ``splits`` are the accepted split names, the standard evaluation split first.
-    ``hint`` tells the user how to get the data; ``system_roots`` are folders where an
-    operating-system package may have installed it, tried when no root is given;
-    ``requires`` are optional packages the loader imports.
+    ``hint`` tells the user how to get the data; ``requires`` are optional packages the
+    loader imports. Folders where an operating-system package installs a benchmark are
+    listed in ``reclip.paths``.
     """
 
     load: Loader
     splits: tuple[str, ...] = ("test", "train")
     hint: str = DOWNLOAD_HINT
-    system_roots: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
 
 
@@ -226,7 +224,7 @@ def _find_idx(folder: Path, split: str) -> tuple[Path, Path] | None:
     return found[0], found[1]
 
 
-def _idx(cls: type[tvd.MNIST], system_roots: tuple[str, ...] = ()) -> Benchmark:
+def _idx(cls: type[tvd.MNIST]) -> Benchmark:
     """MNIST-style IDX files in ``root`` or in torchvision's ``root/<Class>/raw``."""
 
     def load(root: Path, split: str, download: bool) -> Source:
@@ -249,7 +247,7 @@ def _idx(cls: type[tvd.MNIST], system_roots: tuple[str, ...] = ()) -> Benchmark:
             files=[str(f) for f in files],
         )
 
-    return Benchmark(load, ("test", "train"), system_roots=system_roots)
+    return Benchmark(load, ("test", "train"))
 
 
 # --- class folders without automatic download ------------------------------------------
@@ -277,7 +275,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "cifar10": _torchvision(tvd.CIFAR10, "cifar-10-batches-py", split_kwargs=_train_kwarg),
     "cifar100": _torchvision(tvd.CIFAR100, "cifar-100-python", split_kwargs=_train_kwarg),
     "mnist": _idx(tvd.MNIST),
-    "fashion_mnist": _idx(tvd.FashionMNIST, system_roots=("/usr/share/datasets/fashion-mnist",)),
+    "fashion_mnist": _idx(tvd.FashionMNIST),
     "stl10": _torchvision(tvd.STL10, "stl10_binary", ("test", "train", "unlabeled")),
     "dtd": _torchvision(tvd.DTD, "dtd", ("test", "train", "val")),
     "eurosat": _torchvision(tvd.EuroSAT, "eurosat", WHOLE_DATASET, _no_split),
@@ -336,17 +334,12 @@ def canonical_name(name: str) -> str | None:
     return _BY_NORMALIZED_NAME.get(normalize_name(name))
 
 
-def data_home() -> Path:
-    """The folder holding one sub-folder per benchmark: ``$RECLIP_DATA`` or ``~/.cache/reclip/datasets``."""
-    return Path(os.environ.get(DATA_HOME_ENV) or DEFAULT_DATA_HOME).expanduser()
-
-
 def benchmark_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     """``root`` if given; else the default folder, or a system folder that exists when the default does not."""
     if root is not None:
         return Path(root).expanduser().resolve()
     default = data_home() / name
-    candidates = [default, *map(Path, BENCHMARKS[name].system_roots)]
+    candidates = [default, *system_data_roots(name)]
     return next((p for p in candidates if p.is_dir()), default).resolve()
 
 

@@ -123,12 +123,12 @@ class ImageDataset(Dataset):
         return sub
 
     def fingerprint(self) -> str:
-        """A stable hash of what the images are: spec, root, split, size and file sizes/mtimes
-        (and the selection, for a subset).
+        """A stable hash of what the images are: name, resolved root, split, size and file
+        sizes/mtimes (and the selection, for a subset); how the spec was typed does not matter.
 
         Use it to key cached image features (together with the model and its transform).
         """
-        digest = hashlib.sha256(json.dumps([self.spec, self.root, self.split, len(self), self._selection]).encode())
+        digest = hashlib.sha256(json.dumps([self.name, self.root, self.split, len(self), self._selection]).encode())
         for file in self._files:
             try:
                 stat = os.stat(file)
