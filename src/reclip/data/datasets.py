@@ -1,9 +1,10 @@
 """``load_dataset``: one entry point for class folders, flat folders, CSV/TSV lists and benchmarks.
 
 Every form becomes an ``ImageDataset`` whose items are ``(image, index, label)``; an
-image that cannot be decoded comes back as None (with one warning naming the file) so
-a long run is not lost to one bad file, and ``collate`` drops it from the batch and
-reports its index.
+image that cannot be decoded comes back as None (with one warning naming the file, once per
+dataset however many DataLoader workers and passes read it) so a long run is not lost to one
+bad file, and ``collate`` drops it from the batch and reports its index. With ``strict`` it
+raises ``UnreadableImage`` instead, with a one-line message also when raised in a worker.
 """
 from __future__ import annotations
 
@@ -27,11 +28,11 @@ from reclip.data.images import (
     FileImages,
     Source,
     UnreadableImage,
-    is_image_file,
-    list_images,
-    scan_class_folders,
+    class_source,
+    name_key,
+    walk_images,
 )
-from reclip.data.webdataset import CLASSNAMES_FILE, WDS_PREFIX, wds_source
+from reclip.data.webdataset import CLASSNAMES_FILE, WDS_PREFIX, check_labels, wds_source
 from reclip.data.prompts import benchmark_templates, get_classnames, read_classnames
 from reclip.errors import ReclipError
 
@@ -86,7 +87,9 @@ class ImageDataset(Dataset):
         self.strict = strict
         self._images = source.images
         self._files = list(source.files)
-        self._warned: set[int] = set()
+        # which images were reported unreadable, in shared memory so that DataLoader worker
+        # processes (fresh copies on every pass) report each image once in all
+        self._warned = torch.zeros(len(self.labels), dtype=torch.bool).share_memory_()
         self._selection = ""  # set by subset(): which images of the full dataset these are
 
     @property
@@ -144,8 +147,8 @@ class ImageDataset(Dataset):
         )
 
     def _warn_once(self, index: int, exc: UnreadableImage) -> None:
-        if index not in self._warned:
-            self._warned.add(index)
+        if not self._warned[index]:
+            self._warned[index] = True
             warnings.warn(f"skipping unreadable image: {exc}", SkippedImageWarning, stacklevel=3)
 
 
@@ -236,9 +239,11 @@ def load_dataset(
 
 def _webdataset(spec: str, given: _GivenClasses | None, transform: Callable[[Any], Any] | None,
                 strict: bool) -> ImageDataset:
-    source, names, templates, root = wds_source(spec)
-    if names is None and given is None:
-        raise ReclipError(f"no {CLASSNAMES_FILE} beside the shards of {spec}; {_NEED_CLASSNAMES}")
+    source, names, templates, root = wds_source(spec, strict)
+    if names is None:
+        if given is None:
+            raise ReclipError(f"no {CLASSNAMES_FILE} beside the shards of {spec}; {_NEED_CLASSNAMES}")
+        check_labels(source, len(given.names), given.origin)
     found = f"the shards of {spec} have {len(names or [])} classes in {CLASSNAMES_FILE}"
     source, names = _attach_classnames(source, given, found, by_position=True)
     return ImageDataset(source, names, name=Path(root).name, spec=spec, root=root, split="",
@@ -303,16 +308,11 @@ def _map_by_name(found: ClassNames, given: ClassNames) -> np.ndarray:
     index: dict[str, int] = {}
     for i, synonyms in enumerate(given):
         for synonym in synonyms:
-            index.setdefault(_name_key(synonym), i)
+            index.setdefault(name_key(synonym), i)
     return np.array(
-        [next((index[_name_key(s)] for s in synonyms if _name_key(s) in index), -1) for synonyms in found],
+        [next((index[name_key(s)] for s in synonyms if name_key(s) in index), -1) for synonyms in found],
         dtype=np.int64,
     )
-
-
-def _name_key(name: str) -> str:
-    """Names compare ignoring case, '_' versus space and repeated spaces."""
-    return " ".join(name.replace("_", " ").split()).casefold()
 
 
 # --- the forms of spec ------------------------------------------------------------------
@@ -337,14 +337,14 @@ def _benchmark_source(
 
 def _folder_source(folder: Path, given: _GivenClasses | None) -> tuple[Source, ClassNames]:
     """Class sub-folders, or a flat folder of unlabelled images (which needs class names)."""
-    source = scan_class_folders(folder)
+    found = walk_images(folder)
+    source = class_source(folder, found)
     if source is not None:
-        loose = sum(1 for p in folder.iterdir() if p.is_file() and is_image_file(p))
-        if loose:
-            warnings.warn(f"{folder}: ignoring {loose} images outside the class sub-folders", stacklevel=3)
-        found = f"folder {folder} has {len(source.classnames or [])} class folders"
-        return _attach_classnames(source, given, found, by_position=True)
-    paths = list_images(folder)
+        if found[""]:
+            warnings.warn(f"{folder}: ignoring {len(found[''])} images outside the class sub-folders", stacklevel=3)
+        described = f"folder {folder} has {len(source.classnames or [])} class folders"
+        return _attach_classnames(source, given, described, by_position=True)
+    paths = found[""]
     if not paths:
         raise ReclipError(
             f"folder {folder} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
