@@ -90,7 +90,8 @@ def gpu_model_part(arch: str, n: int, batch: int) -> dict:
     import open_clip
 
     from reclip.features import Features
-    from reclip.method.reclip import ReclipConfig, adapt
+    from reclip.method.config import ReclipConfig
+    from reclip.method.reclip import adapt
     from reclip.models.open_clip_backend import OpenClipDualEncoder
 
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device="cuda")

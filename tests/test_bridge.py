@@ -23,6 +23,8 @@ from reclip.errors import ReclipError  # noqa: E402
 from reclip.models import bridge as bridge_mod  # noqa: E402
 from reclip.models.bridge import BridgeDualEncoder, build_bridge  # noqa: E402
 
+pytestmark = pytest.mark.real_data
+
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                   "sneaker", "bag", "ankle boot"]

@@ -23,6 +23,8 @@ from reclip.features import encode_dataset
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import make_clustered_folder  # noqa: E402
 
+pytestmark = pytest.mark.distributed
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -14,9 +14,7 @@ import torch
 
 import reclip
 from reclip.cli.main import main
-from reclip.features import extract_features
 from reclip.method.adapter import Adapter
-from reclip.method.reclip import ReclipConfig, adapt
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import make_clustered_folder  # noqa: E402
@@ -43,44 +41,55 @@ def templates_file(tmp_path_factory) -> Path:
     return path
 
 
-def run_library(domain: Path, mode: str, epochs: int = 2):
+def run_library(domain: Path, mode: str, epochs: int = 2, **settings):
     model = reclip.load_model("tiny", device="cpu")
     dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
     before = {n: p.detach().clone() for n, p in model.module.named_parameters()}
-    frozen = extract_features(model, dataset, workers=0, use_cache=False)
-    config = ReclipConfig(mode=mode, epochs=epochs, k=10, workers=0)
-    state, _, logits = adapt(model, dataset, frozen, TEMPLATES, config)
-    return model, before, state, logits, frozen
+    config = reclip.ReclipConfig(mode=mode, epochs=epochs, k=10, workers=0, cache=False, **settings)
+    result = reclip.ReCLIP(model, config).fit(dataset, TEMPLATES)
+    return model, before, result
 
 
-def changed(model, before) -> set[str]:
-    return {n for n, p in model.module.named_parameters() if not torch.equal(p, before[n])}
-
-
-def names_of(model, params) -> set[str]:
-    ids = {id(p): n for n, p in model.module.named_parameters()}
-    return {ids[id(p)] for p in params}
+def adapted_parameters(model, result) -> dict[str, torch.Tensor]:
+    """The model's parameters with the run's adapter applied (V's image norms swapped in)."""
+    adapter = result.adapter
+    adapter.apply(model)
+    named = {n: p.detach().clone() for n, p in model.module.named_parameters()}
+    by_id = {id(p): n for n, p in model.module.named_parameters()}
+    for key, p in model.named_image_norm_parameters().items():
+        if key in adapter.image_norms:
+            named[by_id[id(p)]] = adapter.image_norms[key]
+    return named
 
 
 @pytest.mark.parametrize("mode", ["reclip", "v-only", "t-only"])
 def test_only_the_trained_branch_norm_affines_change(domain, mode):
-    model, before, _, _, _ = run_library(domain, mode)
-    image_norms = names_of(model, model.image_norm_parameters())
-    text_norms = names_of(model, model.text_norm_parameters())
+    model, before, result = run_library(domain, mode)
+    assert all(torch.equal(p, before[n]) for n, p in model.module.named_parameters()), "fit must restore the model"
+    image_norms = {n for n, p in model.module.named_parameters() if any(p is q for q in model.image_norm_parameters())}
+    text_norms = {n for n, p in model.module.named_parameters() if any(p is q for q in model.text_norm_parameters())}
     expected = (image_norms if mode != "t-only" else set()) | (text_norms if mode != "v-only" else set())
-    diff = changed(model, before)
+    after = adapted_parameters(model, result)
+    diff = {n for n in before if not torch.equal(after[n], before[n])}
     assert diff and diff <= expected
     # almost every trained affine moves (a few may receive no gradient, e.g. an unused bias)
     assert len(diff) >= 0.5 * len(expected)
-    assert all(not p.requires_grad for n, p in model.module.named_parameters() if n not in expected)
+
+
+def test_v_tower_frozen_trains_no_image_norm_but_v_still_follows_its_centroids(domain):
+    _, _, frozen_v = run_library(domain, "reclip", v_tower="frozen")
+    assert frozen_v.adapter.image_norms == {} and frozen_v.adapter.text_norms
+    assert "loss_v" not in frozen_v.history[0] and frozen_v.metrics["passes"]["image_backward"] == 0
+    # V's classifier moved away from the text classifier it started from
+    assert not torch.allclose(frozen_v.adapter.v_classifier, frozen_v.adapter.t_classifier, atol=1e-3)
 
 
 def test_self_training_improves_on_zero_shot(domain):
-    _, _, state, logits, frozen = run_library(domain, "reclip", epochs=4)
-    history = state.history
-    labels = frozen.labels
-    final_top1 = (logits.argmax(1) == labels).float().mean().item()
+    _, _, result = run_library(domain, "reclip", epochs=4)
+    history = result.history
+    final_top1 = result.metrics["final"]["top1"]
     assert final_top1 >= history[0]["top1"] + 0.15
+    assert history[0]["top1"] == pytest.approx(result.metrics["zero_shot"]["top1"])
     # T's pseudo labels and its classifier improve as its text norms adapt
     assert history[-1]["pseudo_label_acc_t"] >= history[0]["pseudo_label_acc_t"]
     assert history[-1]["top1_t"] > history[0]["top1_t"]
@@ -114,7 +123,7 @@ def test_adapt_writes_every_output(adapted_run):
     trained = sum(e["agreed_trained"] for e in m["epochs"]) / 100
     assert m["epochs"][0]["agreed_trained"] == 100 and m["epochs"][1]["agreed_trained"] < 100
     assert m["passes"] == pytest.approx({"image_forward": 3.0 + trained, "image_backward": trained})
-    assert m["config"]["v_loss"] == ReclipConfig().v_loss == "reference" and m["peak_memory_mb"] > 0
+    assert m["config"]["v_loss"] == reclip.ReclipConfig().v_loss == "reference" and m["peak_memory_mb"] > 0
     adapter = Adapter.load(out)
     assert adapter.meta["model"] == "tiny" and adapter.meta["templates"] == TEMPLATES
     assert adapter.v_classifier.shape == (4, 64) and adapter.image_norms and adapter.text_norms
@@ -164,6 +173,7 @@ def _wait_for_epoch(out: Path, proc: subprocess.Popen, epochs_done: int) -> None
     raise AssertionError("the run never reached the epoch to interrupt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_interrupted_run_resumes_to_identical_predictions(domain, templates_file, tmp_path, sig):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

@@ -3,10 +3,16 @@
 Public API (imported lazily so ``import reclip`` stays fast):
 
 - ``load_model(spec, pretrained=None, device=None)`` -> ``DualEncoder``
-- ``load_dataset(spec, root=None, split="test", transform=None, ...)`` -> ``ImageDataset``
-- ``label_propagation(image_features, class_embeddings, ...)`` -> ``PropagationResult``
-- ``projection(class_embeddings, cut_dim=None)``
-- ``Adapter`` (``Adapter.load(path).apply(model)``)
+- ``load_dataset(spec, root=None, split="test", transform=None, ...)`` -> ``ImageDataset``;
+  ``random_subset(dataset, n, seed=0)``
+- ``ReCLIP(model, ReclipConfig(...)).fit(dataset, out=None, resume=False)`` -> ``ReclipResult``
+  (``predictions``, ``zero_shot``, ``adapter``, ``metrics``, ``history``, ``save(out)``)
+- ``Adapter.load(path).apply(model)`` -> ``AdaptedModel`` (``predict(dataset)`` -> ``Predictions``)
+- ``label_propagation(image_features, class_embeddings, ...)`` -> ``PropagationResult``;
+  ``projection(class_embeddings, cut_dim=None)``
+- ``Callback`` (hooks into ``fit``), ``ReclipError`` (every error a user can fix)
+
+The method, step by step, is in docs/method.md.
 """
 from __future__ import annotations
 
@@ -20,10 +26,17 @@ _EXPORTS = {
     "DualEncoder": "reclip.models.base",
     "load_dataset": "reclip.data.datasets",
     "ImageDataset": "reclip.data.datasets",
+    "random_subset": "reclip.data.sampling",
+    "ReCLIP": "reclip.method.run",
+    "ReclipResult": "reclip.method.run",
+    "ReclipConfig": "reclip.method.config",
+    "Predictions": "reclip.predictions",
+    "Callback": "reclip.callbacks",
     "label_propagation": "reclip.method.propagation",
     "projection": "reclip.method.propagation",
     "PropagationResult": "reclip.method.propagation",
     "Adapter": "reclip.method.adapter",
+    "AdaptedModel": "reclip.method.adapter",
     "ReclipError": "reclip.errors",
 }
 

@@ -1,8 +1,11 @@
 """Batched image-feature extraction with an on-disk cache.
 
-The cache is keyed by model, weights, dataset and transform, so a second zero-shot run, or an
-adaptation run after a zero-shot run, skips extraction. Calibration statistics that a model
-derives from the target images (the bridge model's centring vector) are cached with them.
+The cache is keyed by the content of the weights, the image tower's current norm affines,
+the dataset, the transform and the precision, so a second zero-shot run, or an adaptation run
+after a zero-shot run, skips extraction, while overwritten weights or an adapted model never
+get another model's features. Calibration statistics that a model derives from the target
+images (the bridge model's centring vector) are cached with them. A damaged cache entry is a
+miss: it is recomputed and rewritten.
 """
 from __future__ import annotations
 
@@ -12,19 +15,23 @@ import logging
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from . import __version__, distributed
 from .data.datasets import ImageDataset, collate
+from .fingerprint import image_state_fingerprint, tensors_fingerprint, weights_fingerprint
 from .io import atomic_path
 from .models.base import DualEncoder
+from .paths import feature_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +52,6 @@ class Features:
     seconds: float = 0.0  # wall time of the extraction (0 when read from the cache)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("RECLIP_CACHE", Path.home() / ".cache" / "reclip")) / "features"
-
-
 def default_workers() -> int:
     return min(4, (os.cpu_count() or 1) - 1)
 
@@ -59,21 +62,13 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
                       collate_fn=collate, persistent_workers=False)
 
 
-def _state_digest(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _cache_key(model: DualEncoder, dataset: ImageDataset, calibrate: bool) -> str:
     transform = re.sub(r" at 0x[0-9a-f]+", "", repr(dataset.transform))
     key = {
-        "model": model.spec, "pretrained": model.pretrained, "dataset": dataset.fingerprint(),
-        "transform": transform, "reclip": __version__,
+        "model": model.spec, "weights": weights_fingerprint(model), "image_state": image_state_fingerprint(model),
+        "dataset": dataset.fingerprint(), "transform": transform, "reclip": __version__,
         # Calibrated statistics are an output of the run (cached below); otherwise they are an input.
-        "state": "calibrated" if calibrate else _state_digest(model.extra_state()),
+        "target_state": "calibrated" if calibrate else tensors_fingerprint(model.extra_state()),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -131,14 +126,14 @@ def extract_features(model: DualEncoder, dataset: ImageDataset, *, batch_size: i
     current statistics are used (as ``predict`` does with an adapter's).
     """
     workers = default_workers() if workers is None else workers
-    path = cache_dir() / f"{_cache_key(model, dataset, calibrate)}.safetensors"
-    if distributed.all_agree(use_cache and path.exists()):
-        blob = load_file(path)
-        state = {k[len("state."):]: v for k, v in blob.items() if k.startswith("state.")}
+    path = feature_cache_dir() / f"{_cache_key(model, dataset, calibrate)}.safetensors"
+    cached = _read_cache(path) if use_cache else None
+    if distributed.all_agree(cached is not None):
+        state = {k[len("state."):]: v for k, v in cached.items() if k.startswith("state.")}
         if calibrate and model.needs_calibration:
             model.load_extra_state(state)
         log.info("image features loaded from cache %s", path)
-        return Features(blob["features"], blob["indices"], blob["labels"], blob["skipped"].tolist(),
+        return Features(cached["features"], cached["indices"], cached["labels"], cached["skipped"].tolist(),
                         from_cache=True)
 
     start = time.perf_counter()
@@ -160,6 +155,29 @@ def extract_features(model: DualEncoder, dataset: ImageDataset, *, batch_size: i
         blob = {"features": out.features.contiguous(), "indices": out.indices, "labels": out.labels,
                 "skipped": torch.tensor(out.skipped, dtype=torch.long)}
         blob.update({f"state.{k}": v.detach().cpu().contiguous() for k, v in model.extra_state().items()})
-        with atomic_path(path) as tmp:
-            save_file(blob, str(tmp))
+        try:
+            with atomic_path(path) as tmp:
+                save_file(blob, str(tmp))
+        except OSError as exc:
+            warnings.warn(f"could not write the feature cache in {path.parent} ({exc.strerror}); "
+                          f"set RECLIP_CACHE to a writable folder to reuse features", RuntimeWarning, stacklevel=2)
     return out
+
+
+CACHE_KEYS = ("features", "indices", "labels", "skipped")
+
+
+def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
+    """A cache entry, or None when it is missing or damaged (then it is rewritten)."""
+    if not path.is_file():
+        return None
+    try:
+        blob = load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        log.warning("ignoring damaged feature cache entry %s (%s)", path, exc)
+        return None
+    if any(k not in blob for k in CACHE_KEYS) or blob["features"].ndim != 2 or \
+            len(blob["features"]) != len(blob["indices"]) or len(blob["labels"]) != len(blob["indices"]):
+        log.warning("ignoring malformed feature cache entry %s", path)
+        return None
+    return blob

@@ -7,15 +7,28 @@ import csv
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import torch
+from .errors import ReclipError
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def temporary_sibling(path: Path) -> Path:
+    """A new empty file ``.<name>.<random>.tmp`` next to ``path``, created with the usual
+    permissions (0666 less the process umask)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def stale_temporaries(folder: Path) -> list[Path]:
+    """Temporary files that ``atomic_path`` left in ``folder`` when a process was killed."""
+    return sorted(folder.glob(".*.tmp"))
 
 
 @contextlib.contextmanager
@@ -23,15 +36,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_sibling(path)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give outputs the usual mode
+        yield tmp
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -51,13 +62,30 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[A
     atomic_write_text(path, buf.getvalue())
 
 
-def write_predictions(path: str | Path, indices: torch.Tensor, probs: torch.Tensor,
-                      classnames: list[list[str]], paths: Sequence[str] | None) -> None:
-    """``index,path,pred,pred_name,confidence`` for each scored image (N rows of N x C
-    class probabilities); the confidence is the probability of the predicted class."""
-    conf, pred = probs.float().max(dim=-1)
-    rows = [
-        (int(i), paths[int(i)] if paths else "", int(p), classnames[int(p)][0], f"{float(c):.6f}")
-        for i, p, c in zip(indices.tolist(), pred.tolist(), conf.tolist())
-    ]
-    write_csv(path, ("index", "path", "pred", "pred_name", "confidence"), rows)
+LOCK_FILE = ".reclip.lock"
+
+
+@contextlib.contextmanager
+def output_folder(path: str | Path) -> Iterator[Path]:
+    """Create ``path`` and hold it for one run: refuses a file, an unwritable folder and a
+    folder another run is writing (a lock file), and removes temporary files that a killed
+    run left there. Checked before any work starts, so a bad folder fails in seconds."""
+    import fcntl
+
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ReclipError(f"output folder {out} is a file; pass a folder for the outputs")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / LOCK_FILE, "a")
+    except OSError as exc:
+        raise ReclipError(f"cannot write to the output folder {out} ({exc.strerror}); pass a writable folder") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ReclipError(f"another reclip run is writing to {out}; wait for it or pass another output "
+                              "folder") from None
+        for stale in stale_temporaries(out) + stale_temporaries(out / "checkpoint"):
+            stale.unlink(missing_ok=True)
+        yield out

@@ -30,3 +30,8 @@ def autocast(device: torch.device | str) -> torch.autocast:
     """bf16 autocast on ``device`` when it is native there, a no-op context otherwise."""
     device = torch.device(device)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=native_bf16(device))
+
+
+def full_precision(device: torch.device | str) -> torch.autocast:
+    """Autocast switched off: float32 products (logits) even inside an autocast region."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)

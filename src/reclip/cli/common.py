@@ -1,17 +1,26 @@
-"""Options and setup shared by the sub-commands: model, dataset and prompts."""
+"""Options shared by the sub-commands, and how they become library calls."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..data.datasets import ImageDataset, load_dataset
-from ..data.prompts import get_templates, read_templates
+from ..data.prompts import read_templates
+from ..data.sampling import random_subset
 from ..errors import ReclipError
+from ..method.config import CHOICES, ReclipConfig
 from ..models.base import DualEncoder
 from ..models.factory import load_model
+
+# library parameters whose flag is not simply --<name with dashes>
+FLAGS = {"cache": "--no-cache"}
+
+
+def flag(param: str) -> str:
+    """The command-line flag of a library parameter ("lr_v" -> "--lr-v")."""
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
 
 
 def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -28,7 +37,7 @@ def add_data_options(p: argparse.ArgumentParser, with_prompts: bool = True) -> N
     g = p.add_argument_group("data")
     g.add_argument("--dataset", required=True,
                    help="a folder of class subfolders, a flat folder of images (with --classnames), "
-                        "a CSV/TSV of path[,label], or a benchmark name (cifar10, fashion-mnist, ...)")
+                        "a CSV/TSV of path[,label], wds:shards, or a benchmark name (cifar10, fashion-mnist, ...)")
     g.add_argument("--data-root", default=None, help="where a named benchmark lives (or is downloaded to)")
     g.add_argument("--split", default="test", help="benchmark split (default: test)")
     g.add_argument("--classnames", default=None, help="file with one class name per line (a|b for synonyms)")
@@ -36,45 +45,85 @@ def add_data_options(p: argparse.ArgumentParser, with_prompts: bool = True) -> N
         g.add_argument("--templates", default=None, help="file with one prompt template per line, each with {}")
     g.add_argument("--max-images", type=int, default=None,
                    help="use a seeded random subset of this many images (quick runs)")
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--batch-size", type=int, default=ReclipConfig.batch_size)
     g.add_argument("--workers", type=int, default=None, help="data-loading processes (default: cores - 1, at most 4)")
     g.add_argument("--strict", action="store_true", help="abort on an unreadable image instead of skipping it")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the image-feature cache")
 
 
-@dataclass
-class Setup:
-    model: DualEncoder
-    dataset: ImageDataset
-    templates: list[str]
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    """Every ``ReclipConfig`` field as a flag (dest = the field's name)."""
+    d = ReclipConfig()
+    g = p.add_argument_group("method")
+    g.add_argument("--mode", choices=CHOICES["mode"], default=d.mode,
+                   help="reclip (both branches), v-only, t-only, transductive (label propagation alone, no "
+                        "training) or zero-shot")
+    g.add_argument("--epochs", type=int, default=None, help="default: N // 5000 + 2")
+    g.add_argument("--lr-v", type=float, default=d.lr_v, help=f"ReCLIP-V learning rate (default {d.lr_v})")
+    g.add_argument("--lr-t", type=float, default=d.lr_t, help=f"ReCLIP-T learning rate (default {d.lr_t})")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--k", type=int, default=d.k, help=f"neighbours in the label-propagation graph ({d.k})")
+    g.add_argument("--alpha", type=float, default=d.alpha, help=f"label-propagation alpha ({d.alpha})")
+    g.add_argument("--cut-dim", type=int, default=None,
+                   help="projection rank r (default: D, or 250 above 500 classes as the authors' ImageNet runs)")
+    g.add_argument("--knn", choices=CHOICES["knn"], default=d.knn, help="exact or approximate k-NN graph")
+    g.add_argument("--knn-backend", choices=[c for c in CHOICES["knn_backend"] if c], default=None,
+                   help="k-NN library (default: the faster one on this machine, measured)")
+    g.add_argument("--v-loss", choices=CHOICES["v_loss"], default=d.v_loss,
+                   help="reference: the authors' mean(CE*mask)/sum(mask), V's step divided by the batch "
+                        "size (default); mean: masked mean like T")
+    g.add_argument("--v-graph", choices=CHOICES["v_graph"], default=d.v_graph,
+                   help="V's label-propagation class nodes: centroids (its current classifier, default) "
+                        "or text (the original text embeddings, as the authors' code)")
+    g.add_argument("--v-tower", choices=CHOICES["v_tower"], default=d.v_tower,
+                   help="train (V trains its image tower's norm affines, default) or frozen (V's classifier "
+                        "still follows its label-propagation centroids)")
+    g.add_argument("--t-template", default=None,
+                   help="the template ReCLIP-T trains and classifies with (default: the first template)")
+    g.add_argument("--seed", type=int, default=d.seed)
 
 
-def positive(value: int | float, flag: str) -> None:
-    if value <= 0:
-        raise ReclipError(f"{flag} must be positive, got {value}")
+def config_from_args(args: argparse.Namespace, **fixed: object) -> ReclipConfig:
+    """The validated ``ReclipConfig`` of the parsed flags (``fixed`` overrides)."""
+    names = ReclipConfig.__dataclass_fields__
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    if hasattr(args, "no_cache"):
+        values["cache"] = not args.no_cache
+    return ReclipConfig(**{**values, **fixed})
 
 
-def load_setup(args: argparse.Namespace, model: DualEncoder | None = None) -> Setup:
-    """Build the model (unless given) and the dataset it will read, with the prompt templates."""
-    positive(args.batch_size, "--batch-size")
+def load_inputs(args: argparse.Namespace, model: DualEncoder | None = None,
+                classnames: object = None) -> tuple[DualEncoder, ImageDataset, list[str] | None]:
+    """The model (unless given), the dataset (``--max-images`` applied) and ``--templates``."""
+    if args.max_images is not None and args.max_images < 1:  # before the model is loaded
+        raise ReclipError(f"--max-images must be positive; got {args.max_images}")
     if model is None:
         model = load_model(args.model, args.pretrained, args.device)
-    dataset = load_dataset(args.dataset, root=args.data_root, split=args.split,
-                           transform=model.preprocess, classnames=args.classnames, strict=args.strict)
+    dataset = load_dataset(args.dataset, root=args.data_root, split=args.split, transform=model.preprocess,
+                           classnames=args.classnames if args.classnames is not None else classnames,
+                           strict=args.strict)
     if args.max_images is not None:
-        positive(args.max_images, "--max-images")
-        if args.max_images < len(dataset):
-            # a fixed seed, so every run (and the feature cache) sees the same subset
-            chosen = np.random.default_rng(0).choice(len(dataset), args.max_images, replace=False)
-            dataset = dataset.subset(np.sort(chosen))
+        dataset = random_subset(dataset, args.max_images)
     templates_file = getattr(args, "templates", None)
-    templates = read_templates(templates_file) if templates_file else (dataset.templates or get_templates(None))
-    return Setup(model, dataset, templates)
+    return model, dataset, read_templates(templates_file) if templates_file else None
 
 
-def out_dir(path: str) -> Path:
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ReclipError(f"--out {out} is a file; pass a folder for the outputs")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C inside the block (every output is written atomically)."""
+    def raise_interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def print_table(rows: list[tuple[str, dict]]) -> None:
+    """One line per method: top-1, top-5, mean per-class recall, ECE (when labels exist)."""
+    keys = ("top1", "top5", "mean_per_class_recall", "ece")
+    print(f"{'method':<14}" + "".join(f"{k:>24}" for k in keys))
+    for name, m in rows:
+        print(f"{name:<14}" + "".join(f"{m[k]:>24.4f}" if k in m else f"{'-':>24}" for k in keys))

@@ -11,16 +11,20 @@ import argparse
 from pathlib import Path
 
 from .. import distributed
+from ..callbacks import PrintProgress
 from ..data.benchmarks import benchmark_root
+from ..data.datasets import load_dataset
+from ..data.sampling import random_subset
 from ..errors import ReclipError
 from ..io import write_json
+from ..method.config import ReclipConfig
+from ..method.run import ReCLIP
 from ..models.factory import load_model
-from . import adapt
-from .common import load_setup, out_dir
-from .zeroshot import print_table
+from ..paths import system_package
+from .common import print_table
 
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-GET_DATA = "apt-get install dataset-fashion-mnist (or pass --data-root DIR holding the Fashion-MNIST IDX files)"
+GET_DATA = (f"install it with `apt-get install {system_package('fashion_mnist')}` or pass --data-root DIR "
+            "holding the Fashion-MNIST IDX files")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,44 +41,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def fashion_mnist_root(data_root: str | None) -> str | None:
-    """--data-root, else Debian's copy, else torchvision's default location (download online)."""
-    if data_root is not None:
-        if not Path(data_root).is_dir():
-            raise ReclipError(f"--data-root {data_root} does not exist; {GET_DATA}")
-        return data_root
-    if DEBIAN_FASHION_MNIST.is_dir():
-        return str(DEBIAN_FASHION_MNIST)
-    return str(benchmark_root("fashion-mnist"))
-
-
 def run(args: argparse.Namespace) -> None:
-    out = out_dir(args.out)
-    root = fashion_mnist_root(args.data_root)
-    common = ["--model", "bridge", "--dataset", "fashion-mnist", "--data-root", root,
-              "--max-images", str(args.n)]
-    common += ["--device", args.device] if args.device else []
-    common += ["--workers", str(args.workers)] if args.workers is not None else []
-    common += ["--epochs", str(args.epochs)] if args.epochs is not None else []
-    parser = argparse.ArgumentParser()
-    adapt.add_parser(parser.add_subparsers())
-    runs = {mode: parser.parse_args(["adapt", *common, "--mode", mode, "--out", str(out / mode)])
-            for mode in ("transductive", "reclip")}
-
-    model = load_model("bridge", device=args.device)
-    try:
-        setup = load_setup(runs["reclip"], model=model)
+    if args.n < 1:
+        raise ReclipError(f"--n must be positive; got {args.n}")
+    configs = {mode: ReclipConfig(mode=mode, epochs=args.epochs, workers=args.workers)
+               for mode in ("transductive", "reclip")}
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise ReclipError(f"--data-root {args.data_root} does not exist; {GET_DATA}")
+    try:  # the data first: a machine without it fails in seconds, before the model is built
+        dataset = load_dataset("fashion-mnist", root=benchmark_root("fashion_mnist", args.data_root))
     except ReclipError as exc:
-        raise ReclipError(f"{exc} ({GET_DATA})") from None
-    print(f"reclip demo: {model.name} on {len(setup.dataset)} Fashion-MNIST test images")
-    # Label propagation first: ReCLIP then trains the same model in place.
-    results = {mode: adapt.execute(margs, setup) for mode, margs in runs.items()}
+        raise ReclipError(f"Fashion-MNIST is not on this machine: {GET_DATA} ({exc})") from None
+    model = load_model("bridge", device=args.device)
+    dataset.transform = model.preprocess
+    dataset = random_subset(dataset, args.n)
+    print(f"reclip demo: {model.name} on {len(dataset)} Fashion-MNIST test images")
+    out = Path(args.out)
+    results = {mode: ReCLIP(model, config).fit(dataset, out=out / mode, callbacks=[PrintProgress()])
+               for mode, config in configs.items()}
     if not distributed.is_main():
         return
-    table = [("zero-shot", results["reclip"]["zero_shot"])]
-    table += [(mode, {**m["final"], "seconds": m["seconds"]}) for mode, m in results.items()]
-    summary = {"model": model.name, "dataset": "fashion-mnist", "n": results["reclip"]["n"],
-               "methods": {name: m for name, m in table}}
+    table = [("zero-shot", results["reclip"].metrics["zero_shot"])]
+    table += [(mode, {**r.metrics["final"], "seconds": r.metrics["seconds"]}) for mode, r in results.items()]
+    summary = {"model": model.name, "dataset": "fashion-mnist", "n": results["reclip"].metrics["n"],
+               "methods": dict(table)}
     write_json(out / "summary.json", summary)
     print(f"\nreclip demo: {summary['n']} Fashion-MNIST test images, {model.name}")
     print_table(table)

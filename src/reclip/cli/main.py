@@ -8,6 +8,8 @@ import warnings
 
 from .. import __version__, distributed
 from ..errors import ReclipError
+from ..method.config import ConfigError
+from .common import flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "device"):
             args.device = distributed.init(args.device)
         args.func(args)
+    except ConfigError as exc:
+        print(f"reclip: error: {flag(exc.param)} {exc.problem}", file=sys.stderr)
+        return 2
     except ReclipError as exc:
         print(f"reclip: error: {exc}", file=sys.stderr)
         return 2

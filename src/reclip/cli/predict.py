@@ -1,34 +1,35 @@
-"""``reclip predict``: classify new images with a saved adapter (the combined ReCLIP head)."""
+"""``reclip predict``: classify new images with a saved adapter (``AdaptedModel.predict``)."""
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
 
-import torch
-
-from ..errors import ReclipError
 from .. import distributed
-from ..features import default_workers, encode_dataset
-from ..io import write_json, write_predictions
+from ..errors import ReclipError
+from ..io import write_json
 from ..method.adapter import Adapter
-from ..metrics import classification_metrics
 from ..models.factory import load_model
-from .common import add_data_options, load_setup
-from .zeroshot import print_table
+from .common import add_data_options, config_from_args, load_inputs, print_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images with an adapter saved by `reclip adapt`",
                        description="Loads the base model, applies the adapter and writes predictions "
-                                   "(index,path,pred,pred_name,confidence) to --out.")
+                                   "(index,path,pred,pred_name,confidence) to --out and metrics to "
+                                   "<out without suffix>.metrics.json.")
     p.add_argument("--adapter", required=True, help="the --out folder of `reclip adapt`, or its adapter.safetensors")
     p.add_argument("--model", default=None, help="override the base model recorded in the adapter")
     p.add_argument("--pretrained", default=None, help="override the base weights recorded in the adapter")
     p.add_argument("--device", default=None)
     add_data_options(p, with_prompts=False)
-    p.add_argument("--out", required=True, help="predictions CSV to write (metrics go next to it as .json)")
+    p.add_argument("--out", required=True, help="predictions CSV to write")
     p.set_defaults(func=run)
+
+
+def metrics_path(out: Path) -> Path:
+    """Where predict's metrics go: never the predictions' own path."""
+    return out.with_suffix(".metrics.json")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -36,29 +37,19 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.is_dir():
         raise ReclipError(f"--out {out} is a folder; pass a file name such as {out / 'predictions.csv'}")
+    settings = config_from_args(args)  # validates --batch-size and --workers
     adapter = Adapter.load(args.adapter)
     spec = args.model or adapter.meta["model"]
-    pretrained = args.pretrained if args.model or args.pretrained else adapter.meta["pretrained"]
-    model = load_model(spec, pretrained, args.device)
-    adapted = adapter.apply(model)
-    if args.classnames is None:
-        args.classnames = adapter.classnames  # the adapter's classes define the head
-    setup = load_setup(args, model=model)
-
-    # one pass: each batch through the frozen image tower and through V's (B x 2D rows)
-    both = encode_dataset(lambda images: torch.cat(adapted.encode(images), dim=1), model.device, setup.dataset,
-                          list(range(len(setup.dataset))), batch_size=args.batch_size,
-                          workers=default_workers() if args.workers is None else args.workers, desc="predict")
-    if len(both.indices) == 0:
-        raise ReclipError(f"no readable image in {setup.dataset.spec}")
-    f_frozen, f_v = both.features.chunk(2, dim=1)
-    probs = adapted.logits(f_frozen, f_v).softmax(dim=-1)
+    pretrained = args.pretrained if args.model or args.pretrained else adapter.meta.get("pretrained")
+    adapted = adapter.apply(load_model(spec, pretrained, args.device))
+    _, dataset, _ = load_inputs(args, model=adapted.model, classnames=adapter.classnames)
+    predictions = adapted.predict(dataset, batch_size=settings.batch_size, workers=settings.workers)
     if not distributed.is_main():
         return
-    write_predictions(out, both.indices, probs, adapter.classnames, setup.dataset.paths)
+    predictions.save_csv(out)
     metrics = {"task": "predict", "adapter": str(args.adapter), "model": spec, "pretrained": pretrained,
-               "dataset": setup.dataset.spec, "n": len(both.indices), "skipped": len(both.skipped),
-               **classification_metrics(probs, both.labels), "seconds": round(time.perf_counter() - start, 3)}
-    write_json(out.with_suffix(".json"), metrics)
+               "dataset": dataset.spec, "n": len(predictions), "skipped": len(predictions.skipped),
+               **predictions.metrics(), "seconds": round(time.perf_counter() - start, 3)}
+    write_json(metrics_path(out), metrics)
     print_table([(f"adapted ({adapter.mode})", metrics)])
-    print(f"wrote {out} ({metrics['n']} images, {metrics['skipped']} skipped)")
+    print(f"wrote {out} and {metrics_path(out)} ({metrics['n']} images, {metrics['skipped']} skipped)")

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 from tqdm.auto import tqdm
 
+from ..paths import pixel_cache_dir
 from .datasets import ImageDataset, collate
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class DecodedImages(Dataset):
         start = time.perf_counter()
         loader = DataLoader(Subset(decoding, indices), batch_size=batch_size, num_workers=workers,
                             collate_fn=collate)
-        self._file = tempfile.NamedTemporaryFile(prefix="reclip-pixels-", suffix=".u8")
+        self._file = tempfile.NamedTemporaryFile(prefix="reclip-pixels-", suffix=".u8", dir=pixel_cache_dir())
         for images, idx, _, skipped in tqdm(loader, desc="decode once", unit="batch", leave=False, disable=None):
             self.skipped.update(skipped)
             if len(idx) == 0:

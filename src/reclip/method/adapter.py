@@ -14,14 +14,19 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
+from ..data.datasets import ImageDataset
+from ..data.prompts import normalize_name
 from ..errors import ReclipError
+from ..features import default_workers, encode_dataset
 from ..io import atomic_path
 from ..models.base import DualEncoder
 from ..precision import autocast
+from ..predictions import Predictions
+from .config import MODES
 from .reclip import combined_logits
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -95,18 +100,13 @@ class Adapter:
         if not path.is_file():
             raise ReclipError(f"adapter {path} does not exist; pass the --out folder of a finished "
                               "`reclip adapt` run or its adapter.safetensors")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["reclip"])
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:
-            raise ReclipError(f"{path} is not a reclip adapter ({type(exc).__name__}); "
-                              "pass the adapter.safetensors written by `reclip adapt`") from exc
-        pick = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        meta, tensors = read_safetensors(path, "adapter", "pass the adapter.safetensors written by `reclip adapt`")
+        _check_adapter(path, meta, tensors)
+        pick = lambda prefix: {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
         norms = pick("norm.")
         return cls(image_norms={k: v for k, v in norms.items() if k.startswith("image.")},
                    text_norms={k: v for k, v in norms.items() if k.startswith("text.")},
-                   v_classifier=tensors["head.v_classifier"], t_classifier=tensors["head.t_classifier"],
+                   v_classifier=tensors["head.v_classifier"].float(), t_classifier=tensors["head.t_classifier"].float(),
                    extra_state=pick("extra."), meta=meta)
 
     def apply(self, model: DualEncoder) -> "AdaptedModel":
@@ -143,8 +143,87 @@ class AdaptedModel:
         a = self.adapter
         return combined_logits(f_frozen, f_v, a.t_classifier, a.v_classifier, a.mode)
 
+    def predict(self, dataset: ImageDataset, batch_size: int = 64, workers: int | None = None) -> Predictions:
+        """Classify the readable images of ``dataset`` into the adapter's classes.
+
+        One pass: each batch goes through the frozen image tower and through V's. The
+        dataset's labels (if any) are mapped to the adapter's classes by name, so its class
+        list may be in any order or a subset; a class the adapter does not know is refused.
+        """
+        labels = self._labels_of(dataset)
+        both = encode_dataset(lambda images: torch.cat(self.encode(images), dim=1), self.model.device, dataset,
+                              list(range(len(dataset))), batch_size=batch_size,
+                              workers=default_workers() if workers is None else workers, desc="predict")
+        if len(both.indices) == 0:
+            raise ReclipError(f"no readable image in {dataset.spec}; every file failed to decode")
+        f_frozen, f_v = both.features.chunk(2, dim=1)
+        probs = self.logits(f_frozen, f_v).softmax(dim=-1)
+        return Predictions(both.indices, probs, self.adapter.classnames, dataset.paths, labels[both.indices],
+                           both.skipped)
+
+    def _labels_of(self, dataset: ImageDataset) -> torch.Tensor:
+        """(len(dataset),) labels as indices into the adapter's classes (-1 where unknown)."""
+        ours = {normalize_name(n): c for c, names in enumerate(self.adapter.classnames) for n in names}
+        mapping = []
+        for names in dataset.classnames:
+            found = next((ours[normalize_name(n)] for n in names if normalize_name(n) in ours), None)
+            if found is None:
+                raise ReclipError(f"class '{names[0]}' of {dataset.spec} is not one of the adapter's "
+                                  f"{len(self.adapter.classnames)} classes; pass data of the adapter's classes "
+                                  "(or its --classnames)")
+            mapping.append(found)
+        labels = torch.as_tensor(dataset.labels, dtype=torch.long)
+        mapped = torch.tensor(mapping + [-1], dtype=torch.long)[labels.clamp(min=-1)]  # -1 picks the last entry
+        return torch.where(labels >= 0, mapped, labels)
+
 
 def adapter_meta(model: DualEncoder, classnames: list[list[str]], templates: list[str], mode: str,
                  config: dict) -> dict:
     return {"model": model.spec, "pretrained": model.pretrained, "classnames": classnames,
             "templates": templates, "mode": mode, "config": config, "reclip_version": __version__}
+
+
+def read_safetensors(path: Path, what: str, fix: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(reclip JSON metadata, tensors) of a file reclip wrote; a damaged, empty or foreign
+    file is a one-line ``ReclipError`` naming ``what`` and ``fix``."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("reclip")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ReclipError(f"{path} is not a readable reclip {what} ({reason}); {fix}") from None
+    try:
+        meta = json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise ReclipError(f"{path} has no reclip metadata, so it is not a reclip {what}; {fix}")
+    return meta, tensors
+
+
+ADAPTER_KEYS = {"model": str, "classnames": list, "templates": list, "mode": str}
+
+
+def _check_adapter(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse hand-edited or foreign adapters with one line naming what is wrong."""
+    fix = "re-create it with `reclip adapt`"
+    for key, kind in ADAPTER_KEYS.items():
+        if not isinstance(meta.get(key), kind):
+            raise ReclipError(f"adapter {path}: metadata '{key}' is missing or not a {kind.__name__}; {fix}")
+    if meta["mode"] not in MODES or meta["mode"] in ("transductive", "zero-shot"):
+        raise ReclipError(f"adapter {path}: mode '{meta['mode']}' is not a training mode; {fix}")
+    names = meta["classnames"]
+    if not names or not all(isinstance(c, list) and c and all(isinstance(n, str) for n in c) for c in names):
+        raise ReclipError(f"adapter {path}: metadata 'classnames' must be a list of lists of names; {fix}")
+    for head in ("head.v_classifier", "head.t_classifier"):
+        t = tensors.get(head)
+        if t is None or t.ndim != 2 or len(t) != len(names) or not t.is_floating_point():
+            shape = None if t is None else tuple(t.shape)
+            raise ReclipError(f"adapter {path}: {head} has shape {shape} and dtype "
+                              f"{None if t is None else t.dtype}, expected {len(names)} x D floats; {fix}")
+        if not bool(t.isfinite().all()):
+            raise ReclipError(f"adapter {path}: {head} holds non-finite values; {fix}")
+    dims = {tensors["head.v_classifier"].shape[1], tensors["head.t_classifier"].shape[1]}
+    if len(dims) != 1:
+        raise ReclipError(f"adapter {path}: the two heads have different widths {sorted(dims)}; {fix}")

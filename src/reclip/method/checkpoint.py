@@ -9,13 +9,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import ReclipError
 from ..io import atomic_path
 from ..models.base import DualEncoder
-from .adapter import load_into, snapshot
+from .adapter import load_into, read_safetensors, snapshot
 from .reclip import Heads, RunState
 
 CHECKPOINT = Path("checkpoint") / "state.safetensors"
@@ -60,13 +59,22 @@ def load_checkpoint(out: Path, model: DualEncoder, identity: dict) -> tuple[RunS
     path = out / CHECKPOINT
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["reclip"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    fix = "delete it to start over, or use a new output folder without resume"
+    meta, tensors = read_safetensors(path, "checkpoint", fix)
+    if not isinstance(meta.get("identity"), dict):
+        raise ReclipError(f"{path} is not a reclip checkpoint (no identity); {fix}")
     if meta["identity"] != identity:
         diff = sorted(k for k in identity if meta["identity"].get(k) != identity[k])
         raise ReclipError(f"checkpoint in {out} was made with other settings ({', '.join(diff)}); "
-                          "rerun with the same options, or use a new --out without --resume")
+                          "rerun with the same options, or use a new output folder without resume")
+    try:
+        return _restore(path, meta, tensors, model)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ReclipError(f"{path} is damaged ({type(exc).__name__}: {exc}); {fix}") from None
+
+
+def _restore(path: Path, meta: dict, tensors: dict[str, torch.Tensor],
+             model: DualEncoder) -> tuple[RunState, dict[str, dict]]:
     norms = {k[5:]: v for k, v in tensors.items() if k.startswith("norm.")}
     load_into({**model.named_image_norm_parameters(), **model.named_text_norm_parameters()}, norms,
               f"checkpoint {path}")

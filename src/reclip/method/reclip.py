@@ -1,15 +1,18 @@
-"""ReCLIP's cross-modality self-training (METHOD.md step 3), in one place.
+"""ReCLIP's cross-modality self-training (docs/method.md, "The loop"), in one place.
 
 Two branches share ONE pretrained model:
 
 - ReCLIP-V trains only the affine parameters of the IMAGE tower's normalisation layers.
-  Its classifier is the label-propagation centroids of its own features.
+  Its classifier is the label-propagation centroids of its own features; its graph's class
+  nodes are that classifier (``v_graph="centroids"``) or the original text embeddings.
 - ReCLIP-T trains only the affine parameters of the TEXT tower's normalisation layers.
   Its image features come from the frozen image tower, computed once and cached.
 
-Since V never reads the text tower (its projection and class nodes are the ORIGINAL text
-embeddings, computed once) and T never runs the image tower (its image features are
-cached), both branches live in the same weights without any swapping.
+V never reads the text tower after the start (its class nodes are its centroids or the
+original text embeddings, computed once) and T never runs the image tower (its image
+features are cached), so both branches live in the same weights without any swapping.
+Towers run under bf16 autocast where it is native; every logit, text head and input of
+label propagation is float32.
 
 Each epoch: evaluate -> propagate -> train on the labels both branches agree on ->
 re-encode the full-template text embeddings. After the last epoch the model is evaluated
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -33,58 +36,13 @@ from ..data.pixels import DecodedImages, split_transform
 from .. import distributed
 from ..features import Features, default_workers, encode_dataset
 from ..models.base import DualEncoder
-from ..precision import autocast
+from ..errors import ReclipError
+from ..precision import autocast, full_precision
+from .config import ReclipConfig
 from .propagation import label_propagation
 from .zeroshot import LOGIT_SCALE, class_embeddings, ensemble_classifiers
 
 log = logging.getLogger(__name__)
-
-MODES = ("reclip", "v-only", "t-only")
-
-
-@dataclass
-class ReclipConfig:
-    """Hyper-parameters; the defaults are METHOD.md's (the authors' settings) except V's graph,
-    explained below and in the README."""
-
-    mode: str = "reclip"          # reclip | v-only | t-only
-    epochs: int | None = None     # None: min(epoch_max, N // 5000 + 2)
-    epoch_max: int = 100          # the reference's cap (so N // 5000 + 2 decides below 490k images)
-    batch_size: int = 64
-    lr_v: float = 1e-3
-    lr_t: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    k: int = 20
-    alpha: float = 0.99
-    cut_dim: int | None = None    # None: D (the authors used 250 above 500 classes)
-    knn: str = "exact"
-    # "reference": the authors' mean(CE * mask) / sum(mask), i.e. the masked mean divided by the
-    # batch size (an effective step of 1.6e-5 at the defaults). "mean": the masked mean, like T.
-    # Chosen on 10,000 Fashion-MNIST TRAIN images (README): with "mean" V's training dragged its
-    # features towards its pseudo labels faster than they improved (final top-1 54.0% at lr 1e-4),
-    # while the same loop with V's tower frozen reached 61.1% (benchmarks/v_frozen.py).
-    v_loss: str = "reference"
-    # V's label-propagation graph. "centroids": class nodes and projection from V's current
-    # classifier (its centroids), so the graph follows V's features as they move.
-    # "text": the authors' choice, the original text embeddings for the whole run; with the
-    # masked-mean loss V moves far enough in one epoch that those nodes no longer fit its
-    # features (Fashion-MNIST, bridge model: V's pseudo-label accuracy fell from 47% to 34%).
-    v_graph: str = "centroids"
-    seed: int = 0
-    workers: int | None = None
-
-    def num_epochs(self, n: int) -> int:
-        return self.epochs if self.epochs is not None else min(self.epoch_max, n // 5000 + 2)
-
-    @property
-    def trains_v(self) -> bool:
-        return self.mode in ("reclip", "v-only")
-
-    @property
-    def trains_t(self) -> bool:
-        return self.mode in ("reclip", "t-only")
-
 
 @dataclass
 class Heads:
@@ -135,18 +93,18 @@ def make_optimizer(params: list[nn.Parameter], lr: float, config: ReclipConfig) 
 
 def combined_logits(f_frozen: torch.Tensor, f_v: torch.Tensor, t_classifier: torch.Tensor,
                     v_classifier: torch.Tensor, mode: str) -> torch.Tensor:
-    """N x C prediction logits: 0.5 * (logits_T + logits_V) for ReCLIP, one branch otherwise.
+    """N x C float32 prediction logits: 0.5 * (logits_T + logits_V) for ReCLIP, one branch otherwise.
 
     ``f_frozen`` N x D frozen-tower features (T's), ``f_v`` N x D V's, classifiers C x D.
     """
-    logits_t = LOGIT_SCALE * f_frozen @ t_classifier.T
-    logits_v = LOGIT_SCALE * f_v @ v_classifier.T
+    logits_t = LOGIT_SCALE * f_frozen.float() @ t_classifier.float().T
+    logits_v = LOGIT_SCALE * f_v.float() @ v_classifier.float().T
     return {"reclip": 0.5 * (logits_t + logits_v), "v-only": logits_v, "t-only": logits_t}[mode]
 
 
 def text_heads(model: DualEncoder, classnames: list[list[str]], templates: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first-template C x D, full-template C x D) embeddings of the current text tower, on CPU."""
-    with torch.inference_mode(), autocast(model.device):
+    """(first-template C x D, full-template C x D) float32 embeddings of the current text tower, on CPU."""
+    with torch.inference_mode():
         full, short = ensemble_classifiers(model, classnames, templates)
     return short.float().cpu(), full.float().cpu()
 
@@ -169,10 +127,13 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
           ) -> tuple[RunState, torch.Tensor, torch.Tensor]:
     """Run ReCLIP self-training on the readable images of ``dataset``.
 
-    ``frozen`` holds the frozen image tower's features (N x D) in dataset order. Pass a
-    ``state`` (and ``optimizer_state``) from a checkpoint to resume after ``state.epoch``
-    epochs. ``on_epoch_end`` is called after every epoch (checkpointing). Returns the final
-    state, the final N x D features of V and the final N x C prediction logits.
+    ``frozen`` holds the frozen image tower's features (N x D) in dataset order; T trains and
+    classifies with ``templates[0]``. Pass a ``state`` (and ``optimizer_state``) from a
+    checkpoint to resume after ``state.epoch`` epochs. ``on_epoch_end(state, optimizers)`` is
+    called on every rank after every epoch (checkpoints, progress). Raises ``ReclipError``
+    when training produces a non-finite loss or parameter (before that epoch's callback, so
+    the last checkpoint stays the last good one). Returns the final state, the final N x D
+    features of V and the final N x C prediction logits.
     """
     classnames = dataset.classnames
     n = len(frozen.indices)
@@ -213,14 +174,15 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
         logits = combined_logits(frozen.features, f_v, h.t_classifier, h.v_classifier, config.mode)
         stats: dict = {"epoch": epoch}
         if has_labels:
-            stats.update(_accuracies(frozen.features, f_v, h, labels, logits))
+            stats.update(branch_accuracies(frozen.features, f_v, h, labels, logits))
 
         # 2. label propagation: T on frozen features with the current text embeddings, V on its
         #    own features with its classifier (or the original text embeddings); V's classifier <- centroids
-        lp_kw = dict(k=config.k, alpha=config.alpha, cut_dim=config.cut_dim, knn=config.knn, device=device)
+        lp_kw = dict(k=config.k, alpha=config.alpha, cut_dim=config.projection_rank(len(classnames)),
+                     knn=config.knn, knn_backend=config.knn_backend, device=device)
         v_nodes = h.v_classifier if config.v_graph == "centroids" else h.t_original
         lp_t = label_propagation(frozen.features, h.t_full, **lp_kw) if config.trains_t else None
-        lp_v = label_propagation(f_v, v_nodes, **lp_kw) if config.trains_v else None
+        lp_v = label_propagation(f_v, v_nodes, **lp_kw) if config.uses_v else None
         if lp_v is not None:
             h.v_classifier = lp_v.centroids.float().cpu()
         # a single branch trains on its own pseudo labels (they then always "agree")
@@ -252,13 +214,12 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
         if opt_v is not None:
             f_v = evaluate_v()
         stats["seconds"] = round(time.perf_counter() - start, 3)
+        _check_finite(stats, params_v + params_t, epoch, config)
         state.history.append(stats)
         state.epoch = epoch + 1
         log.info("epoch %d: %s", epoch, stats)
-        if distributed.is_main():
-            print(_summary(stats, epochs))
-            if on_epoch_end is not None:
-                on_epoch_end(state, optimizers)
+        if on_epoch_end is not None:
+            on_epoch_end(state, optimizers)
 
     h = state.heads
     return state, f_v, combined_logits(frozen.features, f_v, h.t_classifier, h.v_classifier, config.mode)
@@ -305,7 +266,8 @@ def train_pass(model: DualEncoder, images: Dataset, classnames: list[list[str]],
             if opt_t is not None:
                 # T: frozen image features against first-template prompts, encoded once per step
                 t_short = class_embeddings(model, classnames, templates[:1])
-                logits_t = LOGIT_SCALE * frozen.features[rows].to(device) @ t_short.float().T
+                with full_precision(device):
+                    logits_t = LOGIT_SCALE * frozen.features[rows].to(device) @ t_short.float().T
                 ce_t = masked_ce_sum(logits_t, pseudo_t[rows].to(device), agree[rows].float().to(device))
                 opt_t.zero_grad(set_to_none=True)
                 (ce_t / count).backward()
@@ -321,7 +283,8 @@ def train_pass(model: DualEncoder, images: Dataset, classnames: list[list[str]],
                 opt_v.zero_grad(set_to_none=True)
                 if len(mine):
                     f = model.encode_image(pixels[keep].to(device, non_blocking=True))
-                    logits_v = LOGIT_SCALE * f.float() @ heads.v_classifier.to(device).T
+                    with full_precision(device):
+                        logits_v = LOGIT_SCALE * f.float() @ heads.v_classifier.to(device).T
                     ce_v = cross_entropy(logits_v, pseudo_v[mine].to(device), reduction="sum")
                     # masked mean over the whole (all-rank) batch; "reference" also divides by its size
                     scale = count * (len(rows) if config.v_loss == "reference" else 1)
@@ -341,8 +304,9 @@ def train_pass(model: DualEncoder, images: Dataset, classnames: list[list[str]],
     return out
 
 
-def _accuracies(f_frozen: torch.Tensor, f_v: torch.Tensor, heads: Heads, labels: torch.Tensor,
-                logits: torch.Tensor) -> dict[str, float]:
+def branch_accuracies(f_frozen: torch.Tensor, f_v: torch.Tensor, heads: Heads, labels: torch.Tensor,
+                      logits: torch.Tensor) -> dict[str, float]:
+    """Top-1 of the N x C ``logits`` and of each branch's own head, over the known labels (N,)."""
     known = labels >= 0
     acc = lambda lg: (lg.argmax(dim=-1) == labels)[known].float().mean().item()  # noqa: E731
     return {"top1": acc(logits),
@@ -350,7 +314,17 @@ def _accuracies(f_frozen: torch.Tensor, f_v: torch.Tensor, heads: Heads, labels:
             "top1_v": acc(f_v @ heads.v_classifier.T)}
 
 
-def _summary(stats: dict, epochs: int) -> str:
+def _check_finite(stats: dict, params: list[nn.Parameter], epoch: int, config: ReclipConfig) -> None:
+    losses = [stats[k] for k in ("loss_t", "loss_v") if k in stats]
+    if all(torch.isfinite(torch.tensor(losses)).tolist()) and all(bool(p.isfinite().all()) for p in params):
+        return
+    raise ReclipError(f"training diverged in epoch {epoch + 1} (non-finite loss or weights; lr_v={config.lr_v:g}, "
+                      f"lr_t={config.lr_t:g}, weight_decay={config.weight_decay:g}): lower the learning rates; "
+                      "the last good checkpoint is kept")
+
+
+def epoch_summary(stats: dict, epochs: int) -> str:
+    """One line of an epoch record: its accuracies (when labels exist), agreement, losses, time."""
     parts = [f"epoch {stats['epoch'] + 1}/{epochs}"]
     for key in ("top1", "top1_t", "top1_v", "pseudo_label_acc_t", "pseudo_label_acc_v", "agreement",
                 "loss_t", "loss_v"):
@@ -358,10 +332,3 @@ def _summary(stats: dict, epochs: int) -> str:
             parts.append(f"{key} {stats[key]:.4f}")
     parts.append(f"{stats['seconds']:.1f} s")
     return "  ".join(parts)
-
-
-def config_dict(config: ReclipConfig) -> dict:
-    d = asdict(config)
-    d.pop("workers")
-    return d
-

