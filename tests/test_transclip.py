@@ -1,0 +1,130 @@
+"""TransCLIP-style transduction: against a dense float64 reference of its equations, and on clusters."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reclip.errors import ReclipError
+from reclip.method.transclip import transclip, zero_shot_probs
+
+
+def dense_transclip(feats: np.ndarray, probs: np.ndarray, *, k: int, lambda_: float, iterations: int,
+                    z_steps: int, init_confident: int) -> np.ndarray:
+    """The objective's block updates written out densely (N x N graph, N x C x D differences)."""
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    n, d = f.shape
+    sims = f @ f.T
+    w = np.zeros((n, n))
+    for i in range(n):
+        others = [j for j in np.argsort(-sims[i]) if j != i][:k]
+        w[i, others] = sims[i, others]
+    mu = np.stack([f[np.argsort(-probs[:, c])[:init_confident]].mean(axis=0) for c in range(probs.shape[1])])
+    var = np.full(d, 1.0 / d)
+    z = probs.copy()
+    for _ in range(iterations):
+        diff = f[:, None, :] - mu[None, :, :]  # N x C x D
+        log_p = -0.5 * (diff**2 / var).sum(axis=2)
+        for _ in range(z_steps):
+            unnormalised = probs**lambda_ * np.exp(log_p + w @ z - (log_p + w @ z).max(axis=1, keepdims=True))
+            z = unnormalised / unnormalised.sum(axis=1, keepdims=True)
+        mu = (z.T @ f) / z.sum(axis=0)[:, None]
+        var = (z[:, :, None] * (f[:, None, :] - mu[None, :, :]) ** 2).sum(axis=(0, 1)) / n
+    return z
+
+
+def clusters(n_per_class: int = 30, num_classes: int = 4, dim: int = 16, spread: float = 0.25, seed: int = 0):
+    """Well-separated Gaussian clusters around random unit centres: (features, labels, centres)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_classes, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(num_classes), n_per_class)
+    feats = centres[labels] + spread * rng.normal(size=(len(labels), dim)) / np.sqrt(dim)
+    return feats, labels, centres
+
+
+def noisy_zero_shot(labels: np.ndarray, num_classes: int, wrong: float, seed: int = 0) -> np.ndarray:
+    """Soft zero-shot probabilities whose argmax is a wrong class for a fraction ``wrong`` of the images."""
+    rng = np.random.default_rng(seed)
+    guess = labels.copy()
+    flip = rng.random(len(labels)) < wrong
+    guess[flip] = (labels[flip] + rng.integers(1, num_classes, flip.sum())) % num_classes
+    logits = rng.normal(scale=0.3, size=(len(labels), num_classes))
+    logits[np.arange(len(labels)), guess] += 1.0
+    return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("options", [
+    dict(k=3, lambda_=1.0, iterations=10, z_steps=5, init_confident=8),
+    dict(k=5, lambda_=0.5, iterations=3, z_steps=2, init_confident=4),
+])
+def test_matches_dense_reference_in_float64(options: dict) -> None:
+    feats, labels, _ = clusters(n_per_class=12, num_classes=3, dim=8, spread=0.8)
+    probs = noisy_zero_shot(labels, 3, wrong=0.3)
+    expected = dense_transclip(feats, probs, **options)
+    result = transclip(torch.from_numpy(feats), torch.from_numpy(probs), **options)
+    assert result.probs.dtype == torch.float64
+    np.testing.assert_allclose(result.probs.numpy(), expected, rtol=0, atol=1e-9)
+    assert torch.equal(result.labels, torch.from_numpy(expected.argmax(axis=1)))
+
+
+def test_float32_close_to_reference() -> None:
+    feats, labels, _ = clusters(n_per_class=12, num_classes=3, dim=8, spread=0.8, seed=1)
+    probs = noisy_zero_shot(labels, 3, wrong=0.3, seed=1)
+    expected = dense_transclip(feats, probs, k=3, lambda_=1.0, iterations=10, z_steps=5, init_confident=8)
+    result = transclip(torch.from_numpy(feats).float(), torch.from_numpy(probs).float())
+    assert result.probs.dtype == torch.float32
+    np.testing.assert_allclose(result.probs.numpy(), expected, atol=1e-4)
+
+
+def test_fixes_noisy_zero_shot_labels_on_separated_clusters() -> None:
+    feats, labels, _ = clusters()
+    probs = noisy_zero_shot(labels, 4, wrong=0.35)
+    assert (probs.argmax(axis=1) == labels).mean() < 0.7
+    result = transclip(torch.from_numpy(feats).float(), torch.from_numpy(probs).float())
+    assert (result.labels.numpy() == labels).mean() == 1.0
+    np.testing.assert_allclose(result.probs.sum(dim=1).numpy(), 1.0, atol=1e-5)
+    assert result.means.shape == (4, 16) and result.variance.shape == (16,)
+
+
+def test_classifier_gives_the_same_result_as_its_zero_shot_probabilities() -> None:
+    feats, labels, centres = clusters(seed=2)
+    f = torch.from_numpy(feats).float()
+    classifier = torch.from_numpy(centres).float()
+    from_classifier = transclip(f, classifier=classifier)
+    from_probs = transclip(f, zero_shot_probs(torch.nn.functional.normalize(f, dim=1), classifier))
+    torch.testing.assert_close(from_classifier.probs, from_probs.probs)
+
+
+def test_a_strong_text_term_keeps_the_zero_shot_labels() -> None:
+    feats, labels, _ = clusters(seed=3)
+    probs = torch.from_numpy(noisy_zero_shot(labels, 4, wrong=0.35, seed=3))
+    result = transclip(torch.from_numpy(feats), probs, lambda_=1e4)
+    assert torch.equal(result.labels, probs.argmax(dim=1))
+
+
+def test_k_is_clipped_to_the_other_images() -> None:
+    feats, labels, _ = clusters(n_per_class=2, num_classes=2, dim=4)
+    result = transclip(torch.from_numpy(feats), torch.from_numpy(noisy_zero_shot(labels, 2, wrong=0.0)), k=50)
+    assert result.k == 3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(), "exactly one of"),
+    (dict(zero_shot=torch.full((6, 2), 0.5), classifier=torch.ones(2, 4)), "exactly one of"),
+    (dict(zero_shot=torch.full((5, 2), 0.5)), "N=6"),
+    (dict(zero_shot=torch.ones(6, 2)), "probabilities"),
+    (dict(classifier=torch.ones(2, 3)), "D=4"),
+    (dict(zero_shot=torch.full((6, 2), 0.5), lambda_=0.0), "lambda_"),
+    (dict(zero_shot=torch.full((6, 2), 0.5), knn="fast"), "knn"),
+])
+def test_bad_inputs_raise_one_line_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ReclipError, match=match):
+        transclip(torch.rand(6, 4), **kwargs)
+
+
+def test_nan_features_are_rejected() -> None:
+    feats = torch.rand(6, 4)
+    feats[2, 1] = float("nan")
+    with pytest.raises(ReclipError, match="NaN"):
+        transclip(feats, torch.full((6, 2), 0.5))
