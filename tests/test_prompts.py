@@ -22,15 +22,10 @@ def write_lines(path: Path, *lines: str) -> Path:
     return path
 
 
-def test_cifar10_templates_come_from_clip_benchmark():
+def test_cifar10_templates_are_the_authors():
     templates = get_templates("cifar10")
     assert len(templates) == 18 and templates[0] == "a photo of a {}."
     assert all("{}" in t and "{c}" not in t for t in templates)
-
-
-def test_cifar10_class_names_are_not_shipped():
-    """clip_benchmark ships no CIFAR-10 names: they come from the downloaded dataset."""
-    assert get_classnames("cifar10") is None
 
 
 @pytest.mark.parametrize(
@@ -38,10 +33,11 @@ def test_cifar10_class_names_are_not_shipped():
     [
         ("eurosat", 10, "annual crop land"),
         ("mnist", 10, "0"),
-        ("pets", 37, "Abyssinian"),
+        ("oxford_pets", 37, "Abyssinian"),
         ("oxford-pets", 37, "Abyssinian"),
         ("Flowers102", 102, "pink primrose"),
-        ("caltech101", 102, "background"),
+        ("caltech101", 101, "human face"),
+        ("cifar10", 10, "airplane"),
         ("fashion-mnist", 10, "T-shirt/top"),
     ],
 )
@@ -51,13 +47,26 @@ def test_benchmark_class_names(name, count, first):
     assert all(isinstance(c, list) and c and all(isinstance(s, str) for s in c) for c in names)
 
 
-def test_imagenet_names_and_templates_match_open_clip():
+def test_fer2013_synonyms():
+    names = get_classnames("fer2013")
+    assert names[3] == ["happy", "smiling"] and names[5] == ["surprised", "shocked", "spooked"]
+
+
+def test_imagenet_puts_the_authors_first_template_before_open_clips_list():
+    """The names are open_clip's; the templates are 'a photo of a {}.' then open_clip's 80 (the authors' 81)."""
     assert [c[0] for c in get_classnames("imagenet")] == list(open_clip.IMAGENET_CLASSNAMES)
-    assert get_templates("imagenet1k") == [t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]
+    templates = get_templates("imagenet1k")
+    assert templates[0] == "a photo of a {}." and templates[1:] == [t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]
+
+
+def test_resisc45_has_the_authors_18_templates():
+    templates = get_templates("resisc45")
+    assert len(templates) == 18 and templates[0] == "satellite imagery of {}." and len(set(templates)) == 18
 
 
 def test_default_templates():
     assert get_templates(None) == DEFAULT_TEMPLATES and 4 <= len(DEFAULT_TEMPLATES) <= 8
+    assert DEFAULT_TEMPLATES[0] == "a photo of a {}."
     assert all("{}" in t for t in DEFAULT_TEMPLATES)
     assert benchmark_templates("fashion_mnist") is None
     assert get_templates("fashion_mnist") == DEFAULT_TEMPLATES
@@ -65,6 +74,12 @@ def test_default_templates():
 
 def test_unknown_names_have_no_prompts():
     assert get_classnames("not-a-benchmark") is None and benchmark_templates("not-a-benchmark") is None
+
+
+def test_shipped_lists_are_copies():
+    get_classnames("cifar10")[0].append("plane")
+    get_templates("cifar10").clear()
+    assert get_classnames("cifar10")[0] == ["airplane"] and len(get_templates("cifar10")) == 18
 
 
 def test_read_classnames_with_synonyms_comments_and_blank_lines(tmp_path):

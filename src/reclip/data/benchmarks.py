@@ -1,21 +1,27 @@
 """Named benchmarks: where their data lives and how to read their standard splits.
 
-``BENCHMARKS`` maps each canonical name to a ``Benchmark``. Most are read through
-torchvision's dataset classes (the same classes clip_benchmark's ``build_dataset``
-wraps; we call them directly so that a missing dataset never triggers clip_benchmark's
-shell downloads (wget, kaggle) and a failed download is reported, not retried).
-MNIST and Fashion-MNIST are read from IDX files with ``reclip.data.idx``, so a plain
-folder of the four IDX files (such as Debian's ``dataset-fashion-mnist``) works offline.
-FER2013, RESISC45 and ImageNet have no automatic download and are read from class folders.
+``BENCHMARKS`` maps each canonical name to a ``Benchmark``: the 22 of the ReCLIP paper
+plus Fashion-MNIST. Most are read through torchvision's dataset classes (the same
+classes clip_benchmark's ``build_dataset`` wraps; we call them directly so that a missing
+dataset never triggers clip_benchmark's shell downloads (wget, kaggle) and a failed
+download is reported, not retried). MNIST and Fashion-MNIST are read from IDX files with
+``reclip.data.idx``, so a plain folder of the four IDX files (such as Debian's
+``dataset-fashion-mnist``) works offline. FER2013, RESISC45, AID and Caltech101 are read
+from the class folders of their distributions, labelled by the folder names shipped in
+``reclip.data.prompts`` (so a missing class folder never shifts the labels); Birdsnap
+from its archive's lists and downloaded images; ImageNet from ``val/<wnid>/`` folders.
 
 A loader returns a ``Source``; when the data is absent (and cannot be downloaded) it
-raises ``DataMissing``, which ``load_benchmark`` turns into a one-line ``ReclipError``.
+raises ``DataMissing``, which ``load_benchmark`` turns into a one-line ``ReclipError``
+naming the expected layout.
 """
 from __future__ import annotations
 
+import csv
 import importlib.util
 import os
 import socket
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +30,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torchvision.datasets as tvd
-from clip_benchmark.datasets.caltech101 import Caltech101
 from PIL import Image
 
 from reclip.data.idx import read_idx
@@ -34,10 +39,12 @@ from reclip.data.images import (
     Source,
     UnreadableImage,
     describe_error,
+    name_key,
     scan_class_folders,
     to_rgb,
+    walk_images,
 )
-from reclip.data.prompts import normalize_name
+from reclip.data.prompts import ALIASES, benchmark_prompts, normalize_name
 from reclip.errors import ReclipError
 from reclip.paths import data_home, system_data_roots
 
@@ -267,6 +274,125 @@ def _class_folders(split_dirs: Mapping[str, str], hint: str) -> Benchmark:
     return Benchmark(load, tuple(split_dirs), hint)
 
 
+# --- class folders named by the shipped folder list ---------------------------------------
+
+def _named_folders(name: str, split_dirs: Mapping[str, tuple[str, ...]], hint: str) -> Benchmark:
+    """Class folders of ``name`` in the first existing ``root/<candidate>`` of the split."""
+
+    def load(root: Path, split: str, download: bool) -> Source:
+        candidates = [root / sub for sub in split_dirs[split]]
+        folder = next((c for c in candidates if c.is_dir()), None)
+        if folder is None:
+            raise DataMissing(candidates[0], "no such folder")
+        return read_named_folders(name, folder)
+
+    return Benchmark(load, tuple(split_dirs), hint)
+
+
+def _caltech101() -> Benchmark:
+    """Caltech101 as the authors read it (torchvision's: 101 classes, no background, whole dataset)."""
+
+    def load(root: Path, split: str, download: bool) -> Source:
+        folder = root / "caltech101" / "101_ObjectCategories"
+        if not folder.is_dir():
+            _build(lambda dl: tvd.Caltech101(str(root), target_type="category", download=dl), folder, download)
+        return read_named_folders("caltech101", folder, ignore=frozenset({"BACKGROUND_Google"}))
+
+    return Benchmark(load, WHOLE_DATASET)
+
+
+def read_named_folders(name: str, folder: Path, ignore: frozenset[str] = frozenset()) -> Source:
+    """Images in ``folder/<class folder>/``, labelled by benchmark ``name``'s shipped folder names.
+
+    Folder names match ignoring case, '_' and spaces. A class without a folder keeps its
+    label index (with a warning: the result is then not the full benchmark); a folder
+    that is no class of ``name`` raises ``ReclipError``; folders in ``ignore`` are skipped.
+    """
+    prompts = benchmark_prompts(name)
+    assert prompts is not None and prompts.folders is not None, f"{name} ships no folder names"
+    expected = prompts.folders
+    index = {name_key(f): i for i, f in enumerate(expected)}
+    found = {sub: paths for sub, paths in walk_images(folder).items() if sub and sub not in ignore}
+    unknown = sorted(sub for sub in found if name_key(sub) not in index)
+    if unknown:
+        raise ReclipError(
+            f"{folder} has folders that are no {name} class ({', '.join(unknown[:3])}); "
+            f"point root at the folder of the {len(expected)} class folders ({expected[0]}/, {expected[1]}/, ...)"
+        )
+    present = sorted((index[name_key(sub)], sub) for sub, paths in found.items() if paths)
+    if not present:
+        raise DataMissing(folder, f"no class folders with images ({expected[0]}/, {expected[1]}/, ...)")
+    if len(present) < len(expected):
+        warnings.warn(
+            f"{name}: {folder} has images for {len(present)} of its {len(expected)} classes; "
+            "accuracy is not comparable with the full benchmark",
+            stacklevel=2,
+        )
+    paths = [path for _, sub in present for path in found[sub]]
+    labels = np.repeat([label for label, _ in present], [len(found[sub]) for _, sub in present]).astype(np.int64)
+    return Source(FileImages(paths), labels, [[f] for f in expected], paths=paths, files=paths)
+
+
+# --- Birdsnap ------------------------------------------------------------------------------
+
+BIRDSNAP_LAYOUT = "species.txt, test_images.txt and download/images/<Species_Folder>/*.jpg"
+_BIRDSNAP_IMAGE_DIRS = ("download/images", "images")
+
+
+def _load_birdsnap(root: Path, split: str, download: bool) -> Source:
+    """The test images of Birdsnap that are present (its images are fetched from URLs, some dead)."""
+    species_file, test_list = root / "species.txt", root / "test_images.txt"
+    image_dir = next((root / d for d in _BIRDSNAP_IMAGE_DIRS if (root / d).is_dir()), None)
+    if not species_file.is_file() or not test_list.is_file() or image_dir is None:
+        raise DataMissing(root, f"expected {BIRDSNAP_LAYOUT}")
+    labels_of = _birdsnap_folders(species_file)
+    listed = [line.strip() for line in _read_text(test_list).splitlines() if line.strip()]
+    listed = listed[1:] if listed and listed[0] == "path" else listed
+    paths, labels = [], []
+    for relative in listed:
+        species = relative.split("/")[0].casefold()
+        if species not in labels_of:
+            raise ReclipError(f"{test_list} lists {relative}, whose folder is not in {species_file}; re-download both")
+        if (image_dir / relative).is_file():
+            paths.append(str(image_dir / relative))
+            labels.append(labels_of[species])
+    if not paths:
+        raise DataMissing(image_dir, f"none of the {len(listed)} images of test_images.txt is there")
+    return Source(FileImages(paths), np.asarray(labels, dtype=np.int64), None, paths=paths, files=paths)
+
+
+def _birdsnap_folders(species_file: Path) -> dict[str, int]:
+    """Image folder (case-folded) -> label, from species.txt's ``common`` and ``dir`` columns.
+
+    Labels follow the shipped class list; names match without apostrophes and hyphens
+    ("Allen's Hummingbird" is "Allens Hummingbird").
+    """
+    prompts = benchmark_prompts("birdsnap")
+    assert prompts is not None
+    label_of = {_bird_key(synonyms[0]): i for i, synonyms in enumerate(prompts.classnames)}
+    rows = list(csv.DictReader(_read_text(species_file).splitlines(), delimiter="\t"))
+    if not rows or not {"common", "dir"} <= set(rows[0]):
+        raise ReclipError(f"{species_file} has no 'common' and 'dir' columns; re-download the Birdsnap archive")
+    folders = {}
+    for row in rows:
+        key = _bird_key(row["common"])
+        if key not in label_of:
+            raise ReclipError(f"{species_file} names '{row['common']}', which is no Birdsnap class; re-download it")
+        folders[row["dir"].strip().casefold()] = label_of[key]
+    return folders
+
+
+def _bird_key(name: str) -> str:
+    return name_key(name.replace("'", "").replace("-", " "))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReclipError(f"cannot read {path} ({describe_error(exc)}); re-download it") from exc
+
+
 # --- the registry ----------------------------------------------------------------------
 
 WHOLE_DATASET = ("test",)  # no official split: "test" is the whole dataset, as in clip_benchmark
@@ -296,31 +422,36 @@ BENCHMARKS: dict[str, Benchmark] = {
     "pcam": _torchvision(tvd.PCAM, "pcam", ("test", "train", "val"), targets=_pcam_targets, requires=("h5py",)),
     "renderedsst2": _torchvision(tvd.RenderedSST2, "rendered-sst2", ("test", "train", "val")),
     "sun397": _torchvision(tvd.SUN397, "SUN397", WHOLE_DATASET, _no_split, tidy=_sun397_name),
-    # clip_benchmark's Caltech101 keeps the background class, matching its 102 class names.
-    "caltech101": _torchvision(Caltech101, "caltech101", WHOLE_DATASET, _no_split, target_type="category"),
-    "fer2013": _class_folders(
-        {"test": "test", "train": "train"},
-        hint="download it from https://www.kaggle.com/datasets/msambare/fer2013 and unzip it there",
+    "caltech101": _caltech101(),
+    "fer2013": _named_folders(
+        "fer2013",
+        {"test": ("test",), "train": ("train",)},
+        hint="download it from https://www.kaggle.com/datasets/msambare/fer2013 and unzip it there "
+        "(test/<emotion>/*.jpg, train/<emotion>/*.jpg)",
     ),
-    "resisc45": _class_folders(
-        {"test": "."},
-        hint="download NWPU-RESISC45 and unpack it there, one sub-folder per class",
+    "resisc45": _named_folders(
+        "resisc45",
+        {"test": ("NWPU-RESISC45", ".")},
+        hint="download NWPU-RESISC45 and unpack it there: one folder per class "
+        "(airplane/, airport/, ...), optionally inside NWPU-RESISC45/",
+    ),
+    "aid": _named_folders(
+        "aid",
+        {"test": ("AID", ".")},
+        hint="download AID (https://captain-whu.github.io/AID/) and unpack it there: one folder per class "
+        "(Airport/, BareLand/, ...), optionally inside AID/",
+    ),
+    "birdsnap": Benchmark(
+        _load_birdsnap,
+        ("test",),
+        hint="download the Birdsnap archive (https://thomasberg.org/), run its get_birdsnap.py and use its folder "
+        f"as the root: {BIRDSNAP_LAYOUT}",
     ),
     "imagenet": _class_folders(
         {"test": "val", "val": "val", "train": "train"},
         hint="put the ILSVRC2012 images there as val/<wnid>/*.JPEG "
         "(1000 class folders, e.g. as prepared by torchvision's ImageNet)",
     ),
-}
-
-# Other spellings, mostly clip_benchmark's names. Case, '-', '_' and spaces never matter.
-ALIASES: dict[str, str] = {
-    "pets": "oxford_pets",
-    "oxford_iiit_pet": "oxford_pets",
-    "flowers": "flowers102",
-    "cars": "stanford_cars",
-    "imagenet1k": "imagenet",
-    "rendered_sst2": "renderedsst2",
 }
 
 _BY_NORMALIZED_NAME: dict[str, str] = {

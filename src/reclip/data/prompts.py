@@ -1,9 +1,12 @@
 """Class names and prompt templates.
 
-Benchmark class names and templates come from the lists shipped with clip_benchmark
-(``en_classnames.json``, ``en_zeroshot_classification_templates.json``); a benchmark
-without a shipped list of names falls back to its torchvision class list where that is
-known without the data (Fashion-MNIST), else the names come from the dataset itself.
+Each benchmark of the ReCLIP paper ships ``resources/<benchmark>.json`` with the lists
+that reproduce the authors' protocol: ``classes`` (label order; synonyms as
+``"happy|smiling"``, display name first), ``templates`` (the authors' first template
+first: ReCLIP-T trains and classifies with it), optionally ``folders`` (the class folder
+names of the dataset's distribution, in label order) and ``source`` (where the lists come
+from, and their license). A benchmark without a file (Fashion-MNIST) takes torchvision's
+class list and ``DEFAULT_TEMPLATES``.
 
 A class is a list of synonyms whose first entry is the display name. A template is a
 string with ``{}`` where the class name goes (``template.replace("{}", name)``).
@@ -12,13 +15,15 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from reclip.errors import ReclipError
 
+# The generic list, for targets that are no benchmark; its first template is the one
+# ReCLIP-T trains with, as in the authors' lists.
 DEFAULT_TEMPLATES: list[str] = [
     "a photo of a {}.",
     "a blurry photo of a {}.",
@@ -29,19 +34,42 @@ DEFAULT_TEMPLATES: list[str] = [
 ]
 
 PLACEHOLDER = "{}"
+SYNONYM_SEPARATOR = "|"
 _CLIP_BENCHMARK_PLACEHOLDER = "{c}"
+_RESOURCE_FOLDER = "resources"
 
-# Our benchmark names whose clip_benchmark key is spelled differently (after normalize_name).
-_CLIP_BENCHMARK_KEYS: dict[str, str] = {
-    "oxfordpets": "pets",
-    "flowers102": "flowers",
-    "stanfordcars": "cars",
-    "imagenet": "imagenet1k",
+# Other spellings of benchmark names: clip_benchmark's, and the authors' keys.
+# Case, '-', '_' and spaces never matter.
+ALIASES: dict[str, str] = {
+    "pets": "oxford_pets",
+    "oxford_iiit_pet": "oxford_pets",
+    "flowers": "flowers102",
+    "cars": "stanford_cars",
+    "standford_cars": "stanford_cars",
+    "fgvc": "fgvc_aircraft",
+    "imagenet1k": "imagenet",
+    "rendered_sst2": "renderedsst2",
 }
-# Benchmarks without a shipped class list whose torchvision class defines ``classes``.
+
+# Benchmarks without a resource file whose torchvision class defines ``classes``.
 _TORCHVISION_CLASSES: dict[str, str] = {
     "fashionmnist": "FashionMNIST",
 }
+
+
+@dataclass(frozen=True)
+class BenchmarkPrompts:
+    """The shipped lists of one benchmark.
+
+    ``classnames``: one list of synonyms per class, in label order; ``templates``: the
+    prompt templates, the one ReCLIP-T uses first; ``folders``: the distribution's class
+    folder names in label order, or None; ``source``: the credit line of the lists.
+    """
+
+    classnames: list[list[str]]
+    templates: list[str]
+    folders: list[str] | None
+    source: str
 
 
 def normalize_name(name: str) -> str:
@@ -49,12 +77,23 @@ def normalize_name(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch not in "-_ ")
 
 
+def shipped_benchmarks() -> list[str]:
+    """The names of the benchmarks with a resource file (the 22 of the ReCLIP paper), sorted."""
+    return sorted(filename[: -len(".json")] for filename in _resource_files().values())
+
+
+def benchmark_prompts(name: str) -> BenchmarkPrompts | None:
+    """The shipped class names, templates and folder names of a benchmark, or None (no file)."""
+    file = _resource_files().get(_key(name))
+    return None if file is None else _read_resource(file)
+
+
 def get_classnames(name: str) -> list[list[str]] | None:
     """The class names of a benchmark (each a list of synonyms), or None when not known offline."""
-    key = normalize_name(name)
-    shipped = _lookup(_clip_benchmark_json("en_classnames.json"), key)
+    shipped = benchmark_prompts(name)
     if shipped is not None:
-        return [_as_synonyms(entry) for entry in shipped]
+        return [list(synonyms) for synonyms in shipped.classnames]
+    key = _key(name)
     if key in _TORCHVISION_CLASSES:
         import torchvision.datasets
 
@@ -63,17 +102,20 @@ def get_classnames(name: str) -> list[list[str]] | None:
 
 
 def benchmark_templates(name: str) -> list[str] | None:
-    """The templates clip_benchmark ships for a benchmark (with ``{}``), or None."""
-    shipped = _lookup(_clip_benchmark_json("en_zeroshot_classification_templates.json"), normalize_name(name))
-    if shipped is None:
-        return None
-    return [t.replace(_CLIP_BENCHMARK_PLACEHOLDER, PLACEHOLDER) for t in shipped]
+    """The templates shipped for a benchmark (with ``{}``, the authors' first template first), or None."""
+    shipped = benchmark_prompts(name)
+    return None if shipped is None else list(shipped.templates)
 
 
 def get_templates(name: str | None) -> list[str]:
     """The benchmark's shipped templates, or ``DEFAULT_TEMPLATES`` (name None or nothing shipped)."""
     shipped = benchmark_templates(name) if name is not None else None
     return shipped if shipped is not None else list(DEFAULT_TEMPLATES)
+
+
+def split_synonyms(entry: str) -> list[str]:
+    """``"happy | smiling"`` -> ``["happy", "smiling"]`` (blank parts dropped)."""
+    return [s.strip() for s in entry.split(SYNONYM_SEPARATOR) if s.strip()]
 
 
 def read_classnames(path: str | os.PathLike[str]) -> list[list[str]]:
@@ -85,7 +127,7 @@ def read_classnames(path: str | os.PathLike[str]) -> list[list[str]]:
     classes: list[list[str]] = []
     first_line: dict[str, int] = {}
     for number, line in _read_lines(path, "class-names"):
-        synonyms = [s.strip() for s in line.split("|") if s.strip()]
+        synonyms = split_synonyms(line)
         if not synonyms:
             raise ReclipError(f"class-names file {path} line {number} has no name; write e.g. 'cat|kitty'")
         first = first_line.setdefault(synonyms[0].casefold(), number)
@@ -132,18 +174,31 @@ def _read_lines(path: str | os.PathLike[str], kind: str) -> list[tuple[int, str]
     return [(n, line) for n, line in numbered if line and not line.startswith("#")]
 
 
-def _lookup(table: dict[str, Any], key: str) -> Any:
-    """``table``'s entry for a normalised benchmark name, or None."""
-    key = _CLIP_BENCHMARK_KEYS.get(key, key)
-    return next((value for name, value in table.items() if normalize_name(name) == key), None)
-
-
-def _as_synonyms(entry: str | list[str]) -> list[str]:
-    """A shipped class entry (a name or a list of names) as a list of synonyms."""
-    return [entry] if isinstance(entry, str) else list(entry)
+def _key(name: str) -> str:
+    """The normalised name of a benchmark, aliases resolved: 'Pets' -> 'oxfordpets'."""
+    key = normalize_name(name)
+    return next((normalize_name(v) for k, v in ALIASES.items() if normalize_name(k) == key), key)
 
 
 @cache
-def _clip_benchmark_json(filename: str) -> dict[str, Any]:
-    """A JSON resource shipped in ``clip_benchmark.datasets``."""
-    return json.loads(resources.files("clip_benchmark.datasets").joinpath(filename).read_text(encoding="utf-8"))
+def _resource_files() -> dict[str, str]:
+    """Normalised benchmark name -> resource file name, for every shipped resource file."""
+    folder = resources.files("reclip.data").joinpath(_RESOURCE_FOLDER)
+    return {normalize_name(f.name[: -len(".json")]): f.name for f in folder.iterdir() if f.name.endswith(".json")}
+
+
+@cache
+def _read_resource(filename: str) -> BenchmarkPrompts:
+    """Parse and check one resource file (a broken file is a packaging bug: ValueError)."""
+    text = resources.files("reclip.data").joinpath(_RESOURCE_FOLDER, filename).read_text(encoding="utf-8")
+    data = json.loads(text)
+    classnames = [split_synonyms(entry) for entry in data["classes"]]
+    templates = list(data["templates"])
+    folders = data.get("folders")
+    if not classnames or not all(classnames) or not templates:
+        raise ValueError(f"{filename}: empty class or template list")
+    if not all(PLACEHOLDER in t for t in templates):
+        raise ValueError(f"{filename}: a template lacks {PLACEHOLDER}")
+    if folders is not None and len(folders) != len(classnames):
+        raise ValueError(f"{filename}: {len(folders)} folders for {len(classnames)} classes")
+    return BenchmarkPrompts(classnames, templates, folders, str(data["source"]))
