@@ -7,10 +7,13 @@ gzip-compressed (as distributed) or plain (as torchvision leaves them after down
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
 
+from reclip.data.images import describe_error
 from reclip.errors import ReclipError
 
 # IDX type code -> big-endian numpy dtype.
@@ -40,7 +43,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(data) < header:
         raise ReclipError(f"{path} is truncated (incomplete IDX header); re-download it")
     shape = tuple(int(n) for n in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # exact: numpy's product can overflow on a corrupt header
     if len(data) < header + count * dtype.itemsize:
         raise ReclipError(f"{path} is truncated (expected {count} values of shape {shape}); re-download it")
     values = np.frombuffer(data, dtype=dtype, count=count, offset=header)
@@ -52,5 +55,5 @@ def _read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
         return gzip.decompress(raw) if raw[:2] == _GZIP_MAGIC else raw
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
-        raise ReclipError(f"cannot read IDX file {path} ({exc}); re-download it") from exc
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise ReclipError(f"cannot read IDX file {path} ({describe_error(exc)}); re-download it") from exc

@@ -85,7 +85,8 @@ def _scan(shard: Path) -> _Shard:
 
     tarfile stops quietly at a missing, cut or damaged header, so completeness is checked
     here: a complete tar has its end-of-archive marker (two zero blocks) right after the
-    last member. A last member whose data runs past the end of the file is dropped.
+    last member. A last member whose data runs past the end of the file is dropped (tarfile
+    would raise on it).
     """
     images, classes = {}, {}
     end = 0
@@ -93,16 +94,18 @@ def _scan(shard: Path) -> _Shard:
         with open(shard, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
             size = os.fstat(f.fileno()).st_size
             for member in tar:
+                if member.offset_data + member.size > size:  # the file stops inside this member's data
+                    end = size
+                    break
                 end = member.offset_data + _blocks(member.size)
-                if end > size or not member.isfile():
-                    continue
                 key, dot, ext = member.name.rpartition(".")
-                if not dot:
-                    continue
-                if "." + ext.lower() in _IMAGE_SUFFIXES:
-                    images[key] = (member.name, member.offset_data, member.size)
-                elif ext == "cls":
-                    classes[key] = _class_index(tar.extractfile(member).read(), shard, member.name)
+                if member.isfile() and dot:
+                    if "." + ext.lower() in _IMAGE_SUFFIXES:
+                        images[key] = (member.name, member.offset_data, member.size)
+                    elif ext == "cls":
+                        classes[key] = _class_index(tar.extractfile(member).read(), shard, member.name)
+                if end > size:  # its padding is cut: nothing follows
+                    break
             f.seek(min(end, size))
             complete = end <= size and f.read(_END_MARKER) == bytes(_END_MARKER)
     except (tarfile.TarError, OSError) as exc:
