@@ -275,12 +275,15 @@ def _(root: Path, mp: pytest.MonkeyPatch) -> int:
 @builder("sun397")
 def _(root: Path, mp: pytest.MonkeyPatch) -> int:
     base = root / "SUN397"
-    paths = [f"/{n[0]}/{n.replace(' ', '_')}" for n in shipped("sun397")]
+    classes = [f"/{n[0]}/{n.replace(' ', '_')}" for n in shipped("sun397")]
+    classes[8] = "/a/apartment_building/outdoor"  # the real name of 'apartment building outdoor'
     base.mkdir(parents=True)
-    (base / "ClassName.txt").write_text("\n".join(paths) + "\n")
-    for i, path in enumerate(paths[:3]):
+    (base / "ClassName.txt").write_text("\n".join(classes) + "\n")
+    for i, path in enumerate([classes[0], classes[8], classes[8], classes[396]]):
         image(base / path.lstrip("/") / f"sun_{i}.jpg", i)
-    return 3
+    listed = [f"{classes[0]}/sun_0.jpg", f"{classes[8]}/sun_2.jpg", f"{classes[396]}/sun_3.jpg"]
+    (base / "Testing_01.txt").write_text("\n".join(listed) + "\n")  # the official partition 1
+    return len(listed)
 
 
 @builder("mnist")
@@ -388,6 +391,30 @@ def test_missing_class_folders_are_reported(tmp_path, monkeypatch):
     BUILDERS["resisc45"](tmp_path / "r", monkeypatch)
     with pytest.warns(UserWarning, match="images for 3 of its 45 classes"):
         reclip.load_dataset("resisc45", root=tmp_path / "r", download=False)
+
+
+def test_sun397_partition_and_its_absence(tmp_path, monkeypatch):
+    BUILDERS["sun397"](tmp_path, monkeypatch)
+    partition = reclip.load_dataset("sun397", root=tmp_path, download=False)
+    assert partition.labels.tolist() == [0, 8, 396]
+    assert partition.classnames[8] == ["apartment building outdoor"]
+    (tmp_path / "SUN397" / "Testing_01.txt").unlink()
+    with pytest.warns(UserWarning, match="using all 4 images"):
+        everything = reclip.load_dataset("sun397", root=tmp_path, download=False)
+    assert sorted(everything.labels.tolist()) == [0, 8, 8, 396]
+    with pytest.raises(reclip.ReclipError, match="Training_01.txt"):
+        reclip.load_dataset("sun397", root=tmp_path, split="train", download=False)
+
+
+def test_fer2013_csv_gives_the_authors_public_test_rows(tmp_path):
+    rows = [(3, "Training"), (0, "PublicTest"), (3, "PublicTest"), (6, "PublicTest"), (1, "PrivateTest")]
+    grey = " ".join(["7"] * 48 * 48)
+    (tmp_path / "fer2013.csv").write_text(
+        "emotion,pixels,Usage\n" + "".join(f'{label},"{grey}",{usage}\n' for label, usage in rows))
+    dataset = reclip.load_dataset("fer2013", root=tmp_path, download=False)
+    assert [dataset.classnames[label][0] for label in dataset.labels] == ["angry", "happy", "neutral"]
+    assert dataset.classnames[3] == ["happy", "smiling"] and dataset[0][0].size == (48, 48)
+    assert reclip.load_dataset("fer2013", root=tmp_path, split="train", download=False).labels.tolist() == [3]
 
 
 def test_unknown_class_folder_is_refused(tmp_path):

@@ -333,6 +333,68 @@ def read_named_folders(name: str, folder: Path, ignore: frozenset[str] = frozens
     return Source(FileImages(paths), labels, [[f] for f in expected], paths=paths, files=paths)
 
 
+# --- FER2013 --------------------------------------------------------------------------------
+
+FER2013_CSV = "fer2013.csv"
+_FER2013_USAGE = {"test": "PublicTest", "train": "Training"}  # the authors test on the public test rows
+_FER2013_SIDE = 48
+
+
+def _load_fer2013(root: Path, split: str, download: bool) -> Source:
+    """The challenge's ``fer2013.csv`` (emotion, pixels, Usage) when present, else the class folders."""
+    table = next((p for p in (root / FER2013_CSV, root / "fer2013" / FER2013_CSV) if p.is_file()), None)
+    if table is None:
+        if not (root / split).is_dir():
+            raise DataMissing(root, f"no {FER2013_CSV} and no {split}/ folder")
+        return read_named_folders("fer2013", root / split)
+    usage = _FER2013_USAGE[split]
+    pixels, labels = [], []
+    try:
+        with table.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                row = {key.strip(): value for key, value in row.items()}  # icml_face_data.csv pads its header
+                if row["Usage"].strip() == usage:
+                    labels.append(int(row["emotion"]))
+                    pixels.append(np.array(row["pixels"].split(), dtype=np.uint8))
+    except (OSError, KeyError, ValueError, csv.Error) as exc:
+        raise ReclipError(f"cannot read {table} ({describe_error(exc)}); re-download fer2013.csv") from exc
+    if not labels or any(p.size != _FER2013_SIDE**2 for p in pixels):
+        raise ReclipError(f"{table} has no {usage} rows of {_FER2013_SIDE}x{_FER2013_SIDE} pixels; re-download it")
+    images = np.stack(pixels).reshape(-1, _FER2013_SIDE, _FER2013_SIDE)
+    return Source(ArrayImages(images), np.asarray(labels, dtype=np.int64), None, files=[str(table)])
+
+
+# --- SUN397 ----------------------------------------------------------------------------------
+
+SUN397_PARTITION = {"test": "Testing_01.txt", "train": "Training_01.txt"}  # the authors' (and CLIP's) split
+
+
+def _load_sun397(root: Path, split: str, download: bool) -> Source:
+    """SUN397 through torchvision; split = its official partition 1, or (test, no partition file) every image."""
+    data = root / "SUN397"
+    dataset = _build(lambda dl: tvd.SUN397(str(root), download=dl), data, download)
+    classnames = [[_sun397_name(c)] for c in dataset.classes]
+    partition = next((p / SUN397_PARTITION[split] for p in (data, root) if (p / SUN397_PARTITION[split]).is_file()),
+                     None)
+    if partition is None:
+        if split != "test":
+            raise DataMissing(data / SUN397_PARTITION[split], "no such file")
+        warnings.warn(
+            f"sun397: no {SUN397_PARTITION['test']} in {data}; using all {len(dataset)} images "
+            "(the authors test on the official partition 1: unpack Partitions.zip into that folder)",
+            stacklevel=2,
+        )
+        paths = [str(p) for p in dataset._image_files]
+        return Source(FileImages(paths), _targets(dataset), classnames, paths=paths, files=paths)
+    listed = [line.strip().lstrip("/") for line in _read_text(partition).splitlines() if line.strip()]
+    try:  # "a/apartment_building/outdoor/sun_x.jpg" is class "apartment_building/outdoor"
+        labels = np.array([dataset.class_to_idx["/".join(Path(line).parts[1:-1])] for line in listed], dtype=np.int64)
+    except KeyError as exc:
+        raise ReclipError(f"{partition} lists a class that ClassName.txt lacks ({exc}); re-download both") from exc
+    paths = [str(data / line) for line in listed]
+    return Source(FileImages(paths), labels, classnames, paths=paths, files=paths)
+
+
 # --- Birdsnap ------------------------------------------------------------------------------
 
 BIRDSNAP_LAYOUT = "species.txt, test_images.txt and download/images/<Species_Folder>/*.jpg"
@@ -421,13 +483,18 @@ BENCHMARKS: dict[str, Benchmark] = {
     "country211": _torchvision(tvd.Country211, "country211", ("test", "train", "valid")),
     "pcam": _torchvision(tvd.PCAM, "pcam", ("test", "train", "val"), targets=_pcam_targets, requires=("h5py",)),
     "renderedsst2": _torchvision(tvd.RenderedSST2, "rendered-sst2", ("test", "train", "val")),
-    "sun397": _torchvision(tvd.SUN397, "SUN397", WHOLE_DATASET, _no_split, tidy=_sun397_name),
+    "sun397": Benchmark(
+        _load_sun397,
+        ("test", "train"),
+        hint="run once with internet access to download it there, or unpack SUN397.tar.gz there (SUN397/a/abbey/...), "
+        "and unpack the official Partitions.zip into SUN397/ (Testing_01.txt, Training_01.txt)",
+    ),
     "caltech101": _caltech101(),
-    "fer2013": _named_folders(
-        "fer2013",
-        {"test": ("test",), "train": ("train",)},
-        hint="download it from https://www.kaggle.com/datasets/msambare/fer2013 and unzip it there "
-        "(test/<emotion>/*.jpg, train/<emotion>/*.jpg)",
+    "fer2013": Benchmark(
+        _load_fer2013,
+        ("test", "train"),
+        hint="put the challenge's fer2013.csv there (the authors' test set: its PublicTest rows), or unzip "
+        "https://www.kaggle.com/datasets/msambare/fer2013 there (test/<emotion>/*.jpg, train/<emotion>/*.jpg)",
     ),
     "resisc45": _named_folders(
         "resisc45",
