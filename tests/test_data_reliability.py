@@ -75,11 +75,12 @@ def red_blue_samples(count: int) -> list[tuple[bytes, bytes]]:
 def test_link_loop_inside_a_class_folder_adds_no_images(make_image_folder):
     root = make_image_folder({"cats": 3, "dogs": 3})
     os.symlink(".", root / "cats" / "again")
+    os.symlink(".", root / "everything")  # a loop at the class level is not a class
 
-    with pytest.warns(UserWarning, match=r"skipped 1 links leading to a folder or file already visited .*again"):
+    with pytest.warns(UserWarning, match=r"images: skipped 2 links leading to a folder or file already visited \(such as .*everything\)"):
         ds = load_dataset(root)
 
-    assert len(ds) == 6 and ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert len(ds) == 6 and ds.labels.tolist() == [0, 0, 0, 1, 1, 1] and len(ds.classnames) == 2
     assert all("again" not in path for path in ds.paths)
 
 

@@ -193,12 +193,15 @@ def load_dataset(
 
     ``spec`` forms:
 
-    - a folder with one sub-folder per class (sorted order gives the label index);
+    - a folder with one sub-folder per class (sorted order gives the label index; folders
+      whose names differ only by case, ``_`` or spaces are refused). Each real folder and
+      file is read once, however symbolic links loop (see ``images.walk_images``);
     - a flat folder of images, with ``classnames`` (labels are then all -1);
     - a ``.csv``/``.tsv`` file of ``path[,label]`` rows (optional header; relative paths
       are relative to the file; a label is a class index or a class name; empty = unknown);
     - ``wds:/path/{000000..000099}.tar``: WebDataset shards (image + ``.cls`` per sample,
-      ``classnames.txt`` beside them), read in place;
+      ``classnames.txt`` beside them), read in place; a shard cut short gives a warning
+      naming it (an error when ``strict``);
     - a benchmark name such as ``cifar10`` or ``fashion-mnist`` (case, ``-`` and ``_`` do
       not matter), read from ``root`` (default ``$RECLIP_DATA/<name>`` or
       ``~/.cache/reclip/datasets/<name>``), downloaded there when ``download`` is True and

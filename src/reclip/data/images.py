@@ -178,15 +178,16 @@ class _Walk:
         self._linked_files: set[str] = set()
         self._plain: list[tuple[str | None, str, str]] = []  # (key, path, real path) of folders to list
         self._links: deque[tuple[str | None, str]] = deque()  # (key, path) of links to follow
-        self._skipped: dict[str, list[str]] = {_REPEATED: [],
-                                               "broken links": [], "unreadable folders": []}
+        self._skipped: dict[str, list[str]] = {_REPEATED: [], "broken links": [], "unreadable folders": []}
         real = os.path.realpath(root)
         self._dirs.add(real)
         try:
             with os.scandir(root) as entries:
                 top = sorted(entries, key=lambda entry: entry.name)
         except OSError as exc:
-            raise ReclipError(f"cannot read folder {root} ({describe_error(exc)}); check that it exists and is readable") from exc
+            raise ReclipError(
+                f"cannot read folder {root} ({describe_error(exc)}); check that it exists and is readable"
+            ) from exc
         for entry in top:
             self._enter(None, entry, real)
 
