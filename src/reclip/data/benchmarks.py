@@ -6,10 +6,13 @@ classes clip_benchmark's ``build_dataset`` wraps; we call them directly so that 
 dataset never triggers clip_benchmark's shell downloads (wget, kaggle) and a failed
 download is reported, not retried). MNIST and Fashion-MNIST are read from IDX files with
 ``reclip.data.idx``, so a plain folder of the four IDX files (such as Debian's
-``dataset-fashion-mnist``) works offline. FER2013, RESISC45, AID and Caltech101 are read
-from the class folders of their distributions, labelled by the folder names shipped in
-``reclip.data.prompts`` (so a missing class folder never shifts the labels); Birdsnap
-from its archive's lists and downloaded images; ImageNet from ``val/<wnid>/`` folders.
+``dataset-fashion-mnist``) works offline. RESISC45, AID and Caltech101 are read from the
+class folders of their distributions, labelled by the folder names shipped in
+``reclip.data.prompts`` (so a missing class folder never shifts the labels); FER2013 from
+the challenge's ``fer2013.csv`` or from class folders; Birdsnap from its archive's lists
+and downloaded images; ImageNet from ``val/<wnid>/`` folders. Where the authors used a
+standard partition that torchvision does not read (SUN397's ``Testing_01.txt``,
+FER2013's PublicTest rows), the loader reads it.
 
 A loader returns a ``Source``; when the data is absent (and cannot be downloaded) it
 raises ``DataMissing``, which ``load_benchmark`` turns into a one-line ``ReclipError``
@@ -408,8 +411,7 @@ def _load_birdsnap(root: Path, split: str, download: bool) -> Source:
     if not species_file.is_file() or not test_list.is_file() or image_dir is None:
         raise DataMissing(root, f"expected {BIRDSNAP_LAYOUT}")
     labels_of = _birdsnap_folders(species_file)
-    listed = [line.strip() for line in _read_text(test_list).splitlines() if line.strip()]
-    listed = listed[1:] if listed and listed[0] == "path" else listed
+    listed = [line.strip() for line in _read_text(test_list).splitlines()[1:] if line.strip()]  # after the header
     paths, labels = [], []
     for relative in listed:
         species = relative.split("/")[0].casefold()

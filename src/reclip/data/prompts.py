@@ -59,16 +59,16 @@ _TORCHVISION_CLASSES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class BenchmarkPrompts:
-    """The shipped lists of one benchmark.
+    """The shipped lists of one benchmark (read once and shared, hence tuples).
 
-    ``classnames``: one list of synonyms per class, in label order; ``templates``: the
-    prompt templates, the one ReCLIP-T uses first; ``folders``: the distribution's class
-    folder names in label order, or None; ``source``: the credit line of the lists.
+    ``classnames``: the synonyms of each class, in label order; ``templates``: the prompt
+    templates, the one ReCLIP-T uses first; ``folders``: the distribution's class folder
+    names in label order, or None; ``source``: the credit line of the lists.
     """
 
-    classnames: list[list[str]]
-    templates: list[str]
-    folders: list[str] | None
+    classnames: tuple[tuple[str, ...], ...]
+    templates: tuple[str, ...]
+    folders: tuple[str, ...] | None
     source: str
 
 
@@ -192,9 +192,9 @@ def _read_resource(filename: str) -> BenchmarkPrompts:
     """Parse and check one resource file (a broken file is a packaging bug: ValueError)."""
     text = resources.files("reclip.data").joinpath(_RESOURCE_FOLDER, filename).read_text(encoding="utf-8")
     data = json.loads(text)
-    classnames = [split_synonyms(entry) for entry in data["classes"]]
-    templates = list(data["templates"])
-    folders = data.get("folders")
+    classnames = tuple(tuple(split_synonyms(entry)) for entry in data["classes"])
+    templates = tuple(data["templates"])
+    folders = None if data.get("folders") is None else tuple(data["folders"])
     if not classnames or not all(classnames) or not templates:
         raise ValueError(f"{filename}: empty class or template list")
     if not all(PLACEHOLDER in t for t in templates):
