@@ -77,7 +77,8 @@ def test_link_loop_inside_a_class_folder_adds_no_images(make_image_folder):
     os.symlink(".", root / "cats" / "again")
     os.symlink(".", root / "everything")  # a loop at the class level is not a class
 
-    with pytest.warns(UserWarning, match=r"images: skipped 2 links leading to a folder or file already visited \(such as .*everything\)"):
+    repeated = r"images: skipped 2 links leading to a folder or file already visited \(such as .*everything\)"
+    with pytest.warns(UserWarning, match=repeated):
         ds = load_dataset(root)
 
     assert len(ds) == 6 and ds.labels.tolist() == [0, 0, 0, 1, 1, 1] and len(ds.classnames) == 2
