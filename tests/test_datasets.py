@@ -323,7 +323,7 @@ def test_fashion_mnist_from_debian_folder():
     assert len(load_dataset("Fashion_MNIST", root=FASHION_MNIST, split="train")) == 60000
 
 
-def test_mnist_from_torchvision_layout_uses_clip_benchmark_prompts(tmp_path):
+def test_mnist_from_torchvision_layout_uses_the_shipped_prompts(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     write_idx(raw / "t10k-images-idx3-ubyte", np.full((3, 28, 28), 200, dtype=np.uint8), 0x08)
@@ -371,7 +371,7 @@ def test_benchmark_split_must_exist(tmp_path):
         load_dataset("cifar10", root=tmp_path, split="dev")
 
 
-def test_folder_benchmark_uses_clip_benchmark_class_names(make_image_folder, tmp_path):
+def test_folder_benchmark_uses_the_shipped_class_names(make_image_folder, tmp_path):
     emotions = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
     make_image_folder({emotion: 1 for emotion in emotions}, name="fer/test")
 
@@ -414,7 +414,7 @@ def test_torchvision_benchmark_from_local_files(make_image_folder, tmp_path):
     assert ds[2][0].mode == "RGB"
 
 
-def test_torchvision_benchmark_gets_clip_benchmark_class_names(make_image_folder, tmp_path):
+def test_torchvision_benchmark_gets_the_shipped_class_names(make_image_folder, tmp_path):
     make_image_folder({f"Class{i}": 1 for i in range(10)}, name="eurosat/eurosat/2750", ext=".jpg")
 
     ds = load_dataset("EuroSAT", root=tmp_path / "eurosat")

@@ -1,4 +1,4 @@
-"""The ``reclip`` command line: ``reclip {zeroshot,adapt,predict,demo} ...``."""
+"""The ``reclip`` command line: ``reclip {zeroshot,adapt,predict,demo,bench} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -13,14 +13,14 @@ from .common import flag
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import adapt, demo, predict, zeroshot
+    from . import adapt, bench, demo, predict, zeroshot
 
     parser = argparse.ArgumentParser(
         prog="reclip", description="Adapt CLIP-style models to unlabelled target images (ReCLIP).")
     parser.add_argument("--version", action="version", version=f"reclip {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (zeroshot, adapt, predict, demo):
+    for module in (zeroshot, adapt, predict, demo, bench):
         module.add_parser(sub)
     return parser
 

@@ -323,7 +323,7 @@ def _map_by_name(found: ClassNames, given: ClassNames) -> np.ndarray:
 def _benchmark_source(
     name: str, folder: Path, split: str, given: _GivenClasses | None, download: bool
 ) -> tuple[Source, ClassNames]:
-    """A benchmark's data, named by clip_benchmark's class names where it ships them."""
+    """A benchmark's data, named by the class names shipped in reclip/data/resources where there are some."""
     source = load_benchmark(name, folder, split, download)
     shipped = get_classnames(name)
     if shipped is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ReclipError
 
-MODES = ("reclip", "v-only", "t-only", "transductive", "zero-shot")
+MODES = ("reclip", "v-only", "t-only", "transductive", "transclip", "zero-shot")
 TRAINING_MODES = ("reclip", "v-only", "t-only")
 CHOICES: dict[str, tuple[Any, ...]] = {
     "mode": MODES,
@@ -42,7 +42,8 @@ class ReclipConfig:
     """Settings of one run of ``reclip.ReCLIP``.
 
     mode: ``reclip`` (both branches), ``v-only``, ``t-only``, ``transductive`` (label
-      propagation alone, no training) or ``zero-shot`` (the prompt-ensemble baseline).
+      propagation alone, no training), ``transclip`` (TransCLIP-style transduction, no
+      training) or ``zero-shot`` (the prompt-ensemble baseline).
     epochs: training epochs; None means ``min(epoch_max, N // 5000 + 2)``.
     batch_size, lr_v, lr_t, momentum, weight_decay: SGD settings of the two branches.
     k, alpha, cut_dim, knn, knn_backend: label propagation (neighbours, propagation weight,

@@ -2,7 +2,8 @@
 
 ``ReCLIP(model, config).fit(dataset)`` extracts the frozen image features (through the
 feature cache), scores zero-shot, then, by ``config.mode``, stops there (``zero-shot``),
-runs label propagation alone (``transductive``) or the self-training loop (``reclip``,
+runs a training-free transduction (``transductive``: label propagation alone;
+``transclip``: TransCLIP-style) or the self-training loop (``reclip``,
 ``v-only``, ``t-only``), and evaluates the final model. With ``out`` it owns the output
 folder: a checkpoint after every epoch, ``resume=True`` to continue one, and the outputs
 written atomically at the end. The model is left as it was given (its norm affines are
@@ -37,6 +38,7 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import ReclipConfig
 from .propagation import label_propagation
 from .reclip import RunState, adapt, branch_accuracies
+from .transclip import transclip
 from .zeroshot import class_embeddings, zero_shot_logits
 
 METRICS_FILE = "metrics.json"
@@ -169,6 +171,8 @@ class _Run:
             metrics["final"] = metrics["zero_shot"]
         elif config.mode == "transductive":
             predictions = self._transductive(frozen, classifier, metrics)
+        elif config.mode == "transclip":
+            predictions = self._transclip(frozen, classifier, metrics)
         else:
             predictions, adapter, history = self._self_train(frozen, out, resume, metrics)
         metrics["seconds"] = round(time.perf_counter() - self.start, 3)
@@ -189,6 +193,14 @@ class _Run:
         predictions = self._predictions(frozen, scores_to_probabilities(lp.scores))
         metrics["final"] = predictions.metrics()
         metrics["propagation"] = {"k": lp.k, "knn_recall": lp.knn_recall, "timings": lp.timings}
+        return predictions
+
+    def _transclip(self, frozen: Features, classifier: torch.Tensor, metrics: dict) -> Predictions:
+        """TransCLIP-style transduction on the frozen features (training-free peer)."""
+        result = transclip(frozen.features, classifier=classifier, knn=self.config.knn, device=self.model.device)
+        predictions = self._predictions(frozen, result.probs.float())
+        metrics["final"] = predictions.metrics()
+        metrics["transclip"] = {"k": result.k, "timings": result.timings}
         return predictions
 
     def _self_train(self, frozen: Features, out: Path | None, resume: bool,

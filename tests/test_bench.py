@@ -1,0 +1,99 @@
+"""``reclip bench`` on the tiny model: every output file, resume cell by cell, the paper suite's layout."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import reclip
+from reclip.bench import Bench, make_cells, markdown
+from reclip.cli.main import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import make_clustered_folder  # noqa: E402
+from test_paper_benchmarks import BUILDERS  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECLIP_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory) -> list[str]:
+    model = reclip.load_model("tiny", device="cpu")
+    base = tmp_path_factory.mktemp("targets")
+    return [str(make_clustered_folder(base / "easy", model, per_class=15, noise=30.0, seed=0)),
+            str(make_clustered_folder(base / "hard", model, per_class=15, noise=70.0, seed=1))]
+
+
+def test_bench_writes_every_output_and_resumes_cell_by_cell(targets, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "--targets", *targets, "--models", "tiny", "--methods", "zero-shot", "reclip",
+            "--n", "0", "--workers", "0", "--out", str(out)]
+    assert main(args) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [(Path(r["dataset"]).name, r["method"]) for r in records] == [
+        ("easy", "zero-shot"), ("easy", "reclip"), ("hard", "zero-shot"), ("hard", "reclip")]
+    for r in records:
+        assert set(r) >= {"dataset", "model", "pretrained", "method", "n", "acc1", "acc5", "mean_per_class_recall",
+                          "ece", "seconds"} and r["model"] == "tiny" and r["n"] == 60
+    # the zero-shot cell of a target is the zero-shot block of its reclip run
+    run = json.loads((out / "runs" / make_cells([targets[0]], ["tiny"], ["reclip"])[0].key / "metrics.json")
+                     .read_text())
+    assert records[0]["acc1"] == pytest.approx(run["zero_shot"]["top1"]) and records[1]["acc1"] == run["final"]["top1"]
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["acc1"]) for r in rows] == pytest.approx([r["acc1"] for r in records])
+    table = (out / "results.md").read_text()
+    assert "| **mean** | |" in table and f"{100 * (records[0]['acc1'] + records[2]['acc1']) / 2:.2f}" in table
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a rerun keeps finished cells and runs only the missing one
+    cells = sorted((out / "cells").glob("*.json"))
+    assert len(cells) == 4
+    stamps = {c: c.stat().st_mtime_ns for c in cells}
+    missing = cells[1]
+    missing.unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("bench cell ") == 1
+    assert all(c.stat().st_mtime_ns == stamps[c] for c in cells if c != missing)
+    again = json.loads((out / "results.json").read_text())
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(again) == strip(records)
+
+
+def test_paper_suite_reads_generated_benchmark_folders(tmp_path, capsys):
+    data = tmp_path / "data"
+    for name in ("fer2013", "aid"):
+        BUILDERS[name](data / name, None)
+    out = tmp_path / "paper"
+    assert main(["bench", "--suite", "paper", "--targets", "fer2013", "aid", "--models", "tiny",
+                 "--methods", "zero-shot", "transductive", "--data-root", str(data), "--n", "0", "--workers", "0",
+                 "--out", str(out)]) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [(r["dataset"], r["method"], r["n"]) for r in records] == [
+        ("fer2013", "zero-shot", 6), ("fer2013", "transductive", 6), ("aid", "zero-shot", 6),
+        ("aid", "transductive", 6)]
+
+
+def test_bench_errors_are_one_line(tmp_path, capsys):
+    assert main(["bench", "--out", str(tmp_path / "b")]) == 2
+    assert "pass --suite offline|paper, or --targets and --models" in capsys.readouterr().err
+    with pytest.raises(reclip.ReclipError, match="methods: unknown magic"):
+        make_cells(["x"], ["tiny"], ["magic"])
+
+
+def test_markdown_mean_row_is_over_targets():
+    records = [{"dataset": d, "model": "m", "method": "a", "acc1": a, "mean_per_class_recall": a, "ece": 0.1,
+                "seconds": 1.0} for d, a in (("x", 0.5), ("y", 0.7))]
+    assert "| **mean** | | **60.00** |" in markdown(records)
+
+
+def test_bench_object_runs_from_python(targets, tmp_path):
+    records = Bench(tmp_path / "b", n=20, workers=0).run(make_cells(targets[:1], ["tiny"], ["transductive"]))
+    assert len(records) == 1 and records[0]["n"] == 20
