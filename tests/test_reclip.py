@@ -205,3 +205,43 @@ def test_resume_with_other_settings_is_refused(adapted_run, domain, templates_fi
     code = main(["adapt", "--model", "tiny", "--dataset", str(domain), "--templates", str(templates_file),
                  "--epochs", "2", "--k", "7", "--workers", "0", "--out", str(adapted_run), "--resume"])
     assert code == 2 and "other settings (config)" in capsys.readouterr().err
+
+
+# --- ablation switches --------------------------------------------------------------------
+
+def test_without_the_agreement_filter_every_sample_trains(domain):
+    _, _, filtered = run_library(domain, "reclip")
+    _, _, unfiltered = run_library(domain, "reclip", agreement_filter=False)
+    assert filtered.history[1]["agreed_trained"] < 100 and filtered.history[1]["agreement"] < 1
+    assert [h["agreed_trained"] for h in unfiltered.history] == [100, 100]
+
+
+def test_zero_shot_pseudo_labels_skip_label_propagation(domain, monkeypatch):
+    from reclip.method import reclip as loop
+
+    def no_propagation(*args, **kwargs):
+        raise AssertionError("label propagation must not run")
+
+    monkeypatch.setattr(loop, "label_propagation", no_propagation)
+    _, _, result = run_library(domain, "reclip", pseudo_labels="zero-shot")
+    first = result.history[0]
+    # epoch 0: T's pseudo labels are T's own predictions, whose accuracy is T's top-1
+    assert first["pseudo_label_acc_t"] == pytest.approx(first["top1_t"])
+    assert first["pseudo_label_acc_v"] == pytest.approx(first["top1_v"])
+
+
+def test_no_project_builds_the_graph_on_unprojected_features(domain, monkeypatch):
+    from reclip.method import reclip as loop
+
+    seen = []
+    propagate = loop.label_propagation
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["project"])
+        return propagate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "label_propagation", recording)
+    _, _, projected = run_library(domain, "t-only", epochs=1)
+    _, _, unprojected = run_library(domain, "t-only", epochs=1, project=False)
+    assert seen == [True, False]
+    assert projected.history[0]["pseudo_label_acc_t"] != unprojected.history[0]["pseudo_label_acc_t"]

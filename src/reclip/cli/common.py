@@ -15,7 +15,7 @@ from ..models.base import DualEncoder
 from ..models.factory import load_model
 
 # library parameters whose flag is not simply --<name with dashes>
-FLAGS = {"cache": "--no-cache"}
+FLAGS = {"cache": "--no-cache", "project": "--no-project", "agreement_filter": "--no-agreement-filter"}
 
 
 def flag(param: str) -> str:
@@ -80,6 +80,12 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                         "still follows its label-propagation centroids)")
     g.add_argument("--t-template", default=None,
                    help="the template ReCLIP-T trains and classifies with (default: the first template)")
+    g.add_argument("--no-project", dest="project", action="store_false",
+                   help="ablation: build the label-propagation graph on unprojected features")
+    g.add_argument("--no-agreement-filter", dest="agreement_filter", action="store_false",
+                   help="ablation: each branch trains on all its pseudo labels, not only the agreed ones")
+    g.add_argument("--pseudo-labels", choices=CHOICES["pseudo_labels"], default=d.pseudo_labels,
+                   help="ablation: zero-shot trains on each branch's own predictions instead of propagated labels")
     g.add_argument("--seed", type=int, default=d.seed)
 
 

@@ -21,6 +21,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "v_tower": ("train", "frozen"),
     "knn": ("exact", "approx"),
     "knn_backend": (None, "torch", "faiss"),
+    "pseudo_labels": ("propagated", "zero-shot"),
 }
 # fields that change how fast a run goes, never what it computes (left out of resume identity)
 RUNTIME_FIELDS = ("workers", "cache")
@@ -55,6 +56,11 @@ class ReclipConfig:
     v_tower: ``train`` (V trains its image tower's norm affines) or ``frozen`` (V's classifier
       still follows its label-propagation centroids; the tower does not train).
     t_template: the template ReCLIP-T trains and classifies with; None: the first template.
+    project, agreement_filter, pseudo_labels: ablations of the paper's analysis. ``project=False``
+      builds the label-propagation graph on unprojected features; ``agreement_filter=False``
+      trains each branch on all its pseudo labels, not only those both branches agree on;
+      ``pseudo_labels="zero-shot"`` trains on each branch's own predictions instead of
+      propagated labels.
     seed: shuffling and initialisation seed.
     workers: data-loading processes (None: cores - 1, at most 4). cache: use the feature cache.
     """
@@ -76,6 +82,9 @@ class ReclipConfig:
     v_graph: str = "centroids"
     v_tower: str = "train"
     t_template: str | None = None
+    project: bool = True
+    agreement_filter: bool = True
+    pseudo_labels: str = "propagated"
     seed: int = 0
     workers: int | None = None
     cache: bool = True
@@ -98,8 +107,9 @@ class ReclipConfig:
         _number(self, "weight_decay", 0.0, 1.0, high_open=True)
         _number(self, "momentum", 0.0, 1.0, high_open=True)
         _number(self, "alpha", 0.0, 1.0, low_open=True, high_open=True)
-        if not isinstance(self.cache, bool):
-            raise ConfigError("cache", f"must be True or False; got {self.cache!r}")
+        for name in ("cache", "project", "agreement_filter"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be True or False; got {getattr(self, name)!r}")
         if self.t_template is not None and (not isinstance(self.t_template, str) or "{}" not in self.t_template):
             raise ConfigError("t_template", f"must be a template with {{}} where the class name goes; "
                                             f"got {self.t_template!r}")

@@ -176,27 +176,20 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
         if has_labels:
             stats.update(branch_accuracies(frozen.features, f_v, h, labels, logits))
 
-        # 2. label propagation: T on frozen features with the current text embeddings, V on its
-        #    own features with its classifier (or the original text embeddings); V's classifier <- centroids
-        lp_kw = dict(k=config.k, alpha=config.alpha, cut_dim=config.projection_rank(len(classnames)),
-                     knn=config.knn, knn_backend=config.knn_backend, device=device)
-        v_nodes = h.v_classifier if config.v_graph == "centroids" else h.t_original
-        lp_t = label_propagation(frozen.features, h.t_full, **lp_kw) if config.trains_t else None
-        lp_v = label_propagation(f_v, v_nodes, **lp_kw) if config.uses_v else None
-        if lp_v is not None:
-            h.v_classifier = lp_v.centroids.float().cpu()
+        # 2. pseudo labels of each branch (V's classifier becomes its centroids)
+        labels_t, labels_v = branch_pseudo_labels(config, frozen.features, f_v, h, len(classnames), device)
         # a single branch trains on its own pseudo labels (they then always "agree")
-        pseudo_t = lp_t.labels if lp_t is not None else lp_v.labels
-        pseudo_v = lp_v.labels if lp_v is not None else lp_t.labels
+        pseudo_t = labels_t if labels_t is not None else labels_v
+        pseudo_v = labels_v if labels_v is not None else labels_t
         stats["agreement"] = (pseudo_t == pseudo_v).float().mean().item()
         if has_labels:
             known = labels >= 0
-            if lp_t is not None:
+            if labels_t is not None:
                 stats["pseudo_label_acc_t"] = (pseudo_t == labels)[known].float().mean().item()
-            if lp_v is not None:
+            if labels_v is not None:
                 stats["pseudo_label_acc_v"] = (pseudo_v == labels)[known].float().mean().item()
 
-        # 3. one shuffled pass over the agreed samples
+        # 3. one shuffled pass over the agreed samples (all samples without the agreement filter)
         train_start = time.perf_counter()
         stats.update(train_pass(model, images, classnames, frozen, pseudo_t, pseudo_v, h, templates, config, epoch,
                                 opt_v, opt_t))
@@ -225,6 +218,30 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
     return state, f_v, combined_logits(frozen.features, f_v, h.t_classifier, h.v_classifier, config.mode)
 
 
+def branch_pseudo_labels(config: ReclipConfig, f_frozen: torch.Tensor, f_v: torch.Tensor, heads: Heads,
+                         num_classes: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(T's, V's) pseudo labels (N,) for this epoch; None for a branch that takes no part.
+
+    ``pseudo_labels="propagated"``: label propagation, T on the frozen features (N x D) with
+    its full-template text embeddings as class nodes, V on its own features with its
+    classifier (``v_graph="centroids"``) or the original text embeddings as class nodes;
+    V's classifier then becomes V's centroids. ``"zero-shot"`` (an ablation): each branch's
+    own current prediction, no propagation, V's classifier unchanged.
+    """
+    if config.pseudo_labels == "zero-shot":
+        t = (f_frozen @ heads.t_classifier.T).argmax(-1) if config.trains_t else None
+        v = (f_v @ heads.v_classifier.T).argmax(-1) if config.uses_v else None
+        return t, v
+    lp_kw = dict(k=config.k, alpha=config.alpha, cut_dim=config.projection_rank(num_classes), project=config.project,
+                 knn=config.knn, knn_backend=config.knn_backend, device=device)
+    v_nodes = heads.v_classifier if config.v_graph == "centroids" else heads.t_original
+    lp_t = label_propagation(f_frozen, heads.t_full, **lp_kw) if config.trains_t else None
+    lp_v = label_propagation(f_v, v_nodes, **lp_kw) if config.uses_v else None
+    if lp_v is not None:
+        heads.v_classifier = lp_v.centroids.float().cpu()
+    return (lp_t.labels if lp_t is not None else None), (lp_v.labels if lp_v is not None else None)
+
+
 def _workers(config: ReclipConfig) -> int:
     return default_workers() if config.workers is None else config.workers
 
@@ -244,7 +261,7 @@ def train_pass(model: DualEncoder, images: Dataset, classnames: list[list[str]],
     device = model.device
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     batches = torch.randperm(len(frozen.indices), generator=generator).split(config.batch_size)  # rows of frozen
-    agree = pseudo_t == pseudo_v
+    agree = pseudo_t == pseudo_v if config.agreement_filter else torch.ones(len(pseudo_t), dtype=torch.bool)
     if opt_v is not None:
         shares = [frozen.indices[rows[rows % distributed.world() == distributed.rank()]].tolist() for rows in batches]
         images_of = iter(DataLoader(images, batch_sampler=shares, num_workers=_workers(config), collate_fn=collate))

@@ -188,8 +188,8 @@ class _Run:
         """Label propagation alone on the frozen features (the ZLaP-style training-free peer)."""
         config = self.config
         lp = label_propagation(frozen.features, classifier, k=config.k, alpha=config.alpha,
-                               cut_dim=config.projection_rank(len(classifier)), knn=config.knn,
-                               knn_backend=config.knn_backend, device=self.model.device)
+                               cut_dim=config.projection_rank(len(classifier)), project=config.project,
+                               knn=config.knn, knn_backend=config.knn_backend, device=self.model.device)
         predictions = self._predictions(frozen, scores_to_probabilities(lp.scores))
         metrics["final"] = predictions.metrics()
         metrics["propagation"] = {"k": lp.k, "knn_recall": lp.knn_recall, "timings": lp.timings}
