@@ -14,7 +14,7 @@ from reclip import PropagationResult, label_propagation, projection
 from reclip.errors import ReclipError
 from reclip.method import knn as knn_module
 from reclip.method import propagation as propagation_module
-from reclip.method.knn import _drop_self, knn_search
+from reclip.method.knn import _drop_self, exact_search, knn_search
 from reclip.method.propagation import conjugate_gradient, normalised_adjacency
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -170,7 +170,8 @@ def test_result_types_shapes_and_confidence(data) -> None:
     prob = prob / prob.sum(1, keepdim=True)
     expected = 1 + (prob * prob.clamp(min=1e-30).log()).sum(1) / np.log(5)
     torch.testing.assert_close(result.confidence, expected, atol=1e-5, rtol=0)
-    assert set(result.timings) == {"graph", "knn", "solve", "total"}
+    assert {"graph", "knn", "solve", "total"} <= set(result.timings) <= {
+        "graph", "knn", "solve", "total", "knn_probe_torch", "knn_probe_faiss"}
     assert result.knn_recall is None and result.k == 10
     again = label_propagation(images, classes, k=10)
     assert torch.equal(again.scores, result.scores)
@@ -179,15 +180,37 @@ def test_result_types_shapes_and_confidence(data) -> None:
 # --- k-NN backends ----------------------------------------------------------------------------
 
 
-def test_approximate_knn_calibrates_ivf_and_reports_recall(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+def fresh_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget the backends chosen by earlier probes of this process."""
+    monkeypatch.setattr(knn_module, "_CHOSEN", {})
+
+
+def unit_points(num_points: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """(n x d) random unit rows: distinct similarities, so exact neighbours are unique."""
+    return torch.nn.functional.normalize(torch.randn(num_points, dim, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_approximate_knn_calibrates_ivf_and_reports_recall(backend: str, caplog: pytest.LogCaptureFixture) -> None:
     images, classes, _ = clustered(num_images=3000, num_classes=50)
     exact = label_propagation(images, classes, k=10)
     with caplog.at_level(logging.INFO, logger="reclip.method.knn"):
-        approx = label_propagation(images, classes, k=10, knn="approx")
-    assert "calibration recall" in caplog.text and approx.knn_backend.startswith("faiss-ivf nprobe=")
+        approx = label_propagation(images, classes, k=10, knn="approx", knn_backend=backend)
+    assert "calibration recall" in caplog.text and approx.knn_backend.startswith(f"{backend}-ivf nprobe=")
     assert approx.knn_recall is not None and approx.knn_recall >= 0.95
     assert f"recall@10 on 1000 sampled queries: {approx.knn_recall:.4f}" in caplog.text
     assert (approx.labels == exact.labels).float().mean() >= 0.97
+
+
+def test_both_ivf_backends_scan_the_same_lists() -> None:
+    images, classes, _ = clustered(num_images=3000, num_classes=50)
+    nodes = torch.nn.functional.normalize(torch.from_numpy(np.concatenate([classes, images])), dim=1)
+    by_torch = knn_search(nodes, 10, "approx", "torch")
+    by_faiss = knn_search(nodes, 10, "approx", "faiss")
+    assert by_torch.backend.split("-", 1)[1] == by_faiss.backend.split("-", 1)[1]  # same nprobe and lists
+    torch.testing.assert_close(by_torch.similarities, by_faiss.similarities, atol=1e-5, rtol=0)
+    assert (by_torch.indices == by_faiss.indices).float().mean() >= 0.999
 
 
 def test_approximate_knn_falls_back_to_exact_when_ivf_cannot_help(data, caplog: pytest.LogCaptureFixture) -> None:
@@ -195,20 +218,57 @@ def test_approximate_knn_falls_back_to_exact_when_ivf_cannot_help(data, caplog: 
     exact = label_propagation(images, classes, k=10)
     with caplog.at_level(logging.INFO, logger="reclip.method.knn"):
         approx = label_propagation(images, classes, k=10, knn="approx")
-    assert "using exact search" in caplog.text and approx.knn_backend == "faiss-flat (ivf fallback)"
-    assert approx.knn_recall == 1.0 and exact.knn_backend == "faiss-flat"
+    assert "using exact search" in caplog.text and approx.knn_backend.endswith(" (ivf fallback)")
+    assert approx.knn_recall == 1.0 and exact.knn_backend in ("torch", "faiss-flat")
     torch.testing.assert_close(approx.scores, exact.scores)
 
 
-def test_torch_search_matches_faiss(data, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exact_backends_find_the_same_neighbours() -> None:
+    points = unit_points(2000, 48)
+    by_torch = knn_search(points, 15, "exact", "torch")
+    by_faiss = knn_search(points, 15, "exact", "faiss")
+    assert (by_torch.backend, by_faiss.backend) == ("torch", "faiss-flat")
+    torch.testing.assert_close(by_torch.similarities, by_faiss.similarities, atol=1e-5, rtol=0)
+    _, reference = exact_search(points.double(), points.double(), 17)  # self + 15 + the next one
+    untied = (reference[:, 15] - reference[:, 16]) > 1e-5
+    assert untied.float().mean() > 0.9
+    for row in torch.nonzero(untied).flatten().tolist():
+        assert set(by_torch.indices[row].tolist()) == set(by_faiss.indices[row].tolist())
+
+
+@pytest.mark.parametrize("method", ["exact", "approx"])
+def test_probe_picks_the_faster_backend_once_per_shape(method: str, fresh_backend_choice: None) -> None:
+    points = unit_points(3000, 24)
+    probed = knn_search(points, 10, method)
+    assert set(probed.probe_seconds) == {"torch", "faiss"}
+    faster = min(probed.probe_seconds, key=probed.probe_seconds.__getitem__)
+    assert probed.backend.startswith("faiss" if faster == "faiss" else "torch")
+    forced = knn_search(points, 10, method, faster)
+    assert torch.equal(probed.indices, forced.indices)  # probe results + the rest = one search
+    cached = knn_search(points, 10, method)
+    assert cached.probe_seconds == {} and cached.backend == probed.backend
+    assert knn_search(points, 9, method).probe_seconds != {}  # another shape: probed again
+
+
+def test_forced_backend_and_probe_timings_reach_the_result(data, fresh_backend_choice: None) -> None:
     images, classes, _ = data
-    with_faiss = label_propagation(images, classes, k=10)
+    auto = label_propagation(images, classes, k=10)
+    assert {"knn_probe_torch", "knn_probe_faiss"} <= set(auto.timings)
+    for backend, name in (("torch", "torch"), ("faiss", "faiss-flat")):
+        forced = label_propagation(images, classes, k=10, knn_backend=backend)
+        assert forced.knn_backend == name and "knn_probe_torch" not in forced.timings
+        torch.testing.assert_close(forced.scores, auto.scores, atol=1e-5, rtol=0)
+
+
+def test_without_faiss_torch_does_everything(data, monkeypatch: pytest.MonkeyPatch, fresh_backend_choice: None) -> None:
+    images, classes, _ = clustered(num_images=3000, num_classes=50)
     monkeypatch.setattr(knn_module, "faiss", None)
-    without = label_propagation(images, classes, k=10)
-    assert without.knn_backend == "torch"
-    torch.testing.assert_close(without.scores, with_faiss.scores, atol=1e-6, rtol=0)
+    exact = label_propagation(images, classes, k=10)
+    assert exact.knn_backend == "torch" and "knn_probe_torch" not in exact.timings
+    approx = label_propagation(images, classes, k=10, knn="approx")
+    assert approx.knn_backend.startswith("torch-ivf") and approx.knn_recall >= 0.95
     with pytest.raises(ReclipError, match="faiss-cpu"):
-        label_propagation(images, classes, k=10, knn="approx")
+        label_propagation(images, classes, k=10, knn_backend="faiss")
 
 
 def test_drop_self_when_self_is_not_first_or_missing() -> None:
@@ -304,7 +364,13 @@ def test_invalid_inputs_raise_reclip_error(images: np.ndarray, classes: np.ndarr
 
 @pytest.mark.parametrize(
     ("option", "message"),
-    [({"k": 0}, "k must"), ({"alpha": 1.0}, "alpha"), ({"max_iter": 0}, "max_iter"), ({"knn": "ivf"}, "knn must")],
+    [
+        ({"k": 0}, "k must"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"knn": "ivf"}, "knn must"),
+        ({"knn_backend": "blas"}, r"knn_backend must be one of \('torch', 'faiss'\)"),
+    ],
 )
 def test_invalid_options_raise_reclip_error(data, option: dict, message: str) -> None:
     images, classes, _ = data

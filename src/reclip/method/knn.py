@@ -5,61 +5,86 @@ cosine similarities. Every search excludes the query itself, also when duplicate
 the query tie with it (the query's own index is removed explicitly, not assumed to
 come first).
 
-Backends:
+Methods:
 
-- ``"exact"``: FAISS ``IndexFlatIP`` on CPU; a chunked ``torch`` matmul + top-k when
-  FAISS is not installed or ``x`` lives on a CUDA device.
-- ``"approx"``: FAISS ``IndexIVFFlat`` with the inner-product metric (CPU), about
-  ``4 sqrt(n)`` inverted lists. ``nprobe`` is calibrated: starting from
-  ``IVF_START_NPROBE`` it doubles until the recall on a seeded calibration sample of
-  queries reaches ``RECALL_TARGET``. If that would take more than
-  ``IVF_MAX_PROBE_FRACTION`` of the lists (IVF would then be slower than exact
-  search, e.g. for few points per class), exact search is used instead, with a
-  warning in the log. The recall reported is measured on a second, independent
-  sample (see :func:`neighbour_recall`). IVF rather than HNSW: on synthetic
-  clustered features (N=100k, C=100, 99 projected dimensions) FAISS HNSW (M=32,
-  efConstruction=80, efSearch=128) reached 0.70 recall in 48 s where IVF (1024
-  lists, nprobe=16) reached 0.9998 in about a third of that time. Probing per list
-  (one matmul per list against the lists nearest to its centroid) was also tried:
-  faster per candidate, but it needed 25% of the lists for 0.91 recall where
-  per-query probing reached 0.95 with 10%.
+- ``"exact"``: blocked ``torch`` matmul + top-k (block size from free memory; on the
+  GPU for CUDA tensors) or FAISS ``IndexFlatIP``.
+- ``"approx"``: an inverted file (IVF) with about ``4 sqrt(n)`` lists whose centroids
+  come from spherical k-means by torch matmul. Each query scans the ``nprobe`` lists
+  nearest to it, either by torch (``"torch"``: the queries probing a list are searched
+  together by one matmul + top-k per list) or by FAISS ``IndexIVFFlat`` on the same
+  lists (``"faiss"``: FAISS's per-query scan). ``nprobe`` is calibrated on a seeded
+  sample of queries: the smallest value whose recall reaches ``RECALL_TARGET`` plus
+  ``CALIBRATION_MARGIN``. If that takes more than ``IVF_MAX_PROBE_FRACTION`` of the
+  lists (e.g. few points per class), exact search is used instead, with a warning in
+  the log. The recall reported is measured on a second, independent sample (see
+  :func:`neighbour_recall`).
+
+Backends: ``backend=None`` picks, per process, whichever of torch and FAISS is faster
+on the data at hand: both search the same seeded sample of ``PROBE_FRACTION`` of the
+queries (at least ``PROBE_MIN_QUERIES``), the faster one keeps its results and
+searches the rest, and its name is cached for that method and data shape. On CUDA
+tensors or without FAISS, torch runs without a probe. ``backend="torch"`` or
+``"faiss"`` forces one.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from reclip.errors import ReclipError
 
-try:  # faiss is a declared dependency; the torch path keeps exact search working without it
+try:  # faiss is a declared dependency; the torch paths keep everything working without it
     import faiss
+    from faiss.contrib.ivf_tools import add_preassigned, search_preassigned
 except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
     faiss = None
 
 logger = logging.getLogger(__name__)
 
 KNN_METHODS = ("exact", "approx")
+KNN_BACKENDS = ("torch", "faiss")
 
-#: IVF parameters: lists per sqrt(n), training points per list, first nprobe tried,
-#: largest fraction of the lists probed before falling back to exact search.
+#: IVF: lists per sqrt(n), k-means training points per list and iterations, largest
+#: fraction of the lists probed before falling back to exact search.
 IVF_LISTS_PER_SQRT_N = 4
-IVF_TRAIN_POINTS_PER_LIST = 64
-IVF_START_NPROBE = 8
+IVF_TRAIN_POINTS_PER_LIST = 32
+KMEANS_ITERATIONS = 10
 IVF_MAX_PROBE_FRACTION = 0.25
-#: Recall the nprobe calibration aims for.
+#: Recall the nprobe calibration aims for, and the margin added on the calibration sample.
 RECALL_TARGET = 0.95
+CALIBRATION_MARGIN = 0.005
 
-#: Queries per recall sample; seeds of the reported and of the calibration samples.
+#: Queries per recall sample; seeds of the reported, calibration and probe samples.
 RECALL_SAMPLE = 1000
 RECALL_SEED = 0
 CALIBRATION_SEED = 1
+PROBE_SEED = 2
+#: Share of the queries both backends search when choosing one (at least PROBE_MIN_QUERIES).
+PROBE_FRACTION = 0.01
+PROBE_MIN_QUERIES = 500
+#: Queries each backend searches untimed before its probe.
+PROBE_WARMUP_QUERIES = 8
 
-#: Elements of the similarity block of the torch search (256 MiB in float32).
-_TORCH_BLOCK_ELEMENTS = 1 << 26
+#: Largest similarity block of the torch search, in elements (CPU: 256 MiB, sized to
+#: stay cache-friendly; CUDA: 1 GiB), and the share of free memory it may take.
+_CPU_BLOCK_ELEMENTS = 1 << 26
+_CUDA_BLOCK_ELEMENTS = 1 << 28
+_FREE_MEMORY_SHARE = 0.25
+#: Bytes of the per-chunk candidate buffer of the torch IVF search.
+_IVF_BUFFER_BYTES = 1 << 30
+
+Result = tuple[torch.Tensor, torch.Tensor]
+Searcher = Callable[[torch.Tensor], Result]
+
+#: Backend chosen by a probe, per (method, device type, n, d, width), for this process.
+_CHOSEN: dict[tuple[str, str, int, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -71,56 +96,65 @@ class Neighbours:
             neighbours (possible with approximate search only).
         similarities: (n x k) float32 CPU tensor of inner products, 0 where indices is -1.
         recall: neighbour recall of approximate search (None for exact search).
-        backend: what searched: ``"faiss-flat"``, ``"torch"``, ``"faiss-ivf nprobe=P/L"``
-            or, when IVF fell back to exact search, ``"faiss-flat (ivf fallback)"``
-            (``"torch (ivf fallback)"`` on CUDA).
+        backend: what searched: ``"torch"``, ``"faiss-flat"``, ``"torch-ivf
+            nprobe=P/L"``, ``"faiss-ivf nprobe=P/L"``, or when IVF fell back to exact
+            search ``"torch (ivf fallback)"`` / ``"faiss-flat (ivf fallback)"``.
+        probe_seconds: seconds each backend took on the probe sample, when this call
+            chose its backend by a probe; empty when forced, cached or the only one.
     """
 
     indices: torch.Tensor
     similarities: torch.Tensor
     recall: float | None
     backend: str
+    probe_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def knn_search(x: torch.Tensor, k: int, method: str = "exact") -> Neighbours:
+def knn_search(x: torch.Tensor, k: int, method: str = "exact", backend: str | None = None) -> Neighbours:
     """Find the k nearest neighbours (largest inner product) of every row of ``x``.
 
     Args:
         x: (n x d) float32 points, L2-normalised (rows may be zero), CPU or CUDA.
         k: neighbours per point, 1 <= k <= n - 1.
         method: ``"exact"`` or ``"approx"`` (see the module docstring).
+        backend: ``"torch"``, ``"faiss"`` or None (the faster one, by a probe).
 
     Returns:
         :class:`Neighbours` with (n x k) CPU tensors; for ``"approx"`` the recall is
         also logged.
     """
-    if method not in KNN_METHODS:
-        raise ReclipError(f"knn must be one of {KNN_METHODS}, got {method!r}")
+    check_knn_options(method, backend)
     n = x.shape[0]
     if not 1 <= k <= n - 1:
         raise ValueError(f"k must be in [1, n - 1] = [1, {n - 1}], got {k}")
-    ids = torch.arange(n)
-    if method == "exact":
-        idx, sims = _drop_self(*exact_search(x, x, k + 1), ids, k)
-        return Neighbours(idx, sims, recall=None, backend=_exact_backend(x))
-    if faiss is None:
-        raise ReclipError("knn='approx' needs FAISS: pip install faiss-cpu (or use knn='exact')")
     start = time.perf_counter()
-    found, backend = _ivf_search(x, k + 1)
-    if found is None:
-        logger.warning("IVF cannot reach recall %.2f probing <= %.0f%% of its lists; using exact search",
-                       RECALL_TARGET, 100 * IVF_MAX_PROBE_FRACTION)
-        found, backend = exact_search(x, x, k + 1), f"{_exact_backend(x)} (ivf fallback)"
-    idx, sims = _drop_self(*found, ids, k)
+    if method == "exact":
+        name, (idx, sims), probe = _fastest(_exact_searchers(x, k + 1, backend), ("exact", x, k + 1))
+        idx, sims = _drop_self(idx, sims, torch.arange(n), k)
+        return Neighbours(idx, sims, None, "faiss-flat" if name == "faiss" else "torch", probe)
+    found, name, probe = _ivf_search(x, k + 1, backend)
+    idx, sims = _drop_self(*found, torch.arange(n), k)
     logger.info("approximate k-NN search (%s) on %d points (d=%d): %.2fs",
-                backend, n, x.shape[1], time.perf_counter() - start)
+                name, n, x.shape[1], time.perf_counter() - start)
     recall = neighbour_recall(x, idx)
     logger.info("approximate k-NN recall@%d on %d sampled queries: %.4f", k, min(RECALL_SAMPLE, n), recall)
-    return Neighbours(idx, sims, recall, backend)
+    return Neighbours(idx, sims, recall, name, probe)
 
 
-def exact_search(queries: torch.Tensor, database: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k inner-product search (the query itself is NOT excluded here).
+def check_knn_options(method: str, backend: str | None) -> None:
+    """Raise ReclipError for an unknown ``knn`` method or ``knn_backend``, or FAISS forced but missing."""
+    if method not in KNN_METHODS:
+        raise ReclipError(f"knn must be one of {KNN_METHODS}, got {method!r}")
+    if backend is not None and backend not in KNN_BACKENDS:
+        raise ReclipError(f"knn_backend must be one of {KNN_BACKENDS} or None (fastest, by a probe), got {backend!r}")
+    if backend == "faiss" and faiss is None:
+        raise ReclipError("knn_backend='faiss' needs FAISS: pip install faiss-cpu (or use knn_backend='torch')")
+
+
+def exact_search(queries: torch.Tensor, database: torch.Tensor, k: int) -> Result:
+    """Exact top-k inner-product search by blocked torch matmul (the query itself is NOT excluded).
+
+    Memory: one (block x n) similarity block, sized by :func:`_block_rows`.
 
     Args:
         queries: (q x d) float32; database: (n x d) float32, same device; k <= n.
@@ -128,12 +162,15 @@ def exact_search(queries: torch.Tensor, database: torch.Tensor, k: int) -> tuple
     Returns:
         (indices, similarities): (q x k) int64 and float32 CPU tensors, best first.
     """
-    if _exact_backend(database) == "torch":
-        return _torch_search(queries, database, k)
-    index = faiss.IndexFlatIP(database.shape[1])
-    index.add(_as_faiss_array(database))
-    sims, idx = index.search(_as_faiss_array(queries), k)
-    return torch.from_numpy(idx), torch.from_numpy(sims)
+    rows = _block_rows(database)
+    block = database.new_empty(min(rows, queries.shape[0]), database.shape[0])
+    parts = []
+    for chunk in queries.split(rows):
+        sims = torch.mm(chunk, database.T, out=block[: chunk.shape[0]])
+        parts.append(torch.topk(sims, k, dim=1))
+    idx = torch.cat([p.indices for p in parts]).cpu()
+    sims = torch.cat([p.values for p in parts]).cpu()
+    return idx, sims
 
 
 def neighbour_recall(x: torch.Tensor, indices: torch.Tensor, seed: int = RECALL_SEED) -> float:
@@ -150,13 +187,239 @@ def neighbour_recall(x: torch.Tensor, indices: torch.Tensor, seed: int = RECALL_
     Returns:
         Mean recall over the sampled queries, in [0, 1].
     """
-    sample = _recall_sample(x.shape[0], seed)
-    return _sample_recall(x, sample, indices[sample], _exact_kth_similarity(x, sample, indices.shape[1]))
+    sample = _sample(x.shape[0], RECALL_SAMPLE, seed)
+    queries = x[sample.to(x.device)]
+    _, exact = _drop_self(*exact_search(queries, x, indices.shape[1] + 1), sample, indices.shape[1])
+    found = indices[sample]
+    found_sims = torch.linalg.vecdot(x[found.clamp(min=0).to(x.device)], queries[:, None, :]).cpu()
+    hits = (found >= 0) & (found_sims >= exact[:, -1:] - 1e-6)
+    return float(hits.float().mean())
 
 
-def _drop_self(
-    idx: torch.Tensor, sims: torch.Tensor, query_ids: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _fastest(searchers: dict[str, Searcher], key: tuple[str, torch.Tensor, int]) -> tuple[str, Result, dict[str, float]]:
+    """Search every query with the fastest of ``searchers``, probing them if needed.
+
+    ``key`` is (method, points, width); the choice is cached per method, device, shape
+    and width. A probe runs every searcher on the same seeded sample of queries; the
+    fastest keeps its results and searches the remaining queries.
+
+    Returns:
+        (name, (indices, similarities) of all n queries, probe seconds per searcher).
+    """
+    method, x, width = key
+    n = x.shape[0]
+    cache_key = (method, x.device.type, n, x.shape[1], width)
+    everyone = torch.arange(n)
+    if len(searchers) == 1 or cache_key in _CHOSEN:
+        name = next(iter(searchers)) if len(searchers) == 1 else _CHOSEN[cache_key]
+        return name, searchers[name](everyone), {}
+    probe = _sample(n, max(PROBE_MIN_QUERIES, round(PROBE_FRACTION * n)), PROBE_SEED)
+    seconds, found = {}, {}
+    for name, search in searchers.items():
+        search(probe[:PROBE_WARMUP_QUERIES])  # one-time costs (thread pools, index build) are not timed
+        start = time.perf_counter()
+        found[name] = search(probe)
+        seconds[name] = time.perf_counter() - start
+    name = min(seconds, key=seconds.__getitem__)
+    _CHOSEN[cache_key] = name
+    logger.info("%s k-NN backend probe on %d of %d queries: %s -> %s", method, len(probe), n,
+                ", ".join(f"{b} {s:.2f}s" for b, s in seconds.items()), name)
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[probe] = False
+    rest_ids = everyone[rest]
+    idx = torch.empty(n, width, dtype=torch.int64)
+    sims = torch.empty(n, width)
+    idx[probe], sims[probe] = found[name]
+    if len(rest_ids):
+        idx[rest_ids], sims[rest_ids] = searchers[name](rest_ids)
+    return name, (idx, sims), seconds
+
+
+def _candidates(x: torch.Tensor, backend: str | None) -> tuple[str, ...]:
+    """Backends a search may use: the forced one, torch alone on CUDA or without FAISS, else both."""
+    if backend is not None:
+        return (backend,)
+    return ("torch",) if faiss is None or x.is_cuda else KNN_BACKENDS
+
+
+def _exact_searchers(x: torch.Tensor, width: int, backend: str | None) -> dict[str, Searcher]:
+    """Exact searchers of query ids (rows of ``x``) against all of ``x``, top-``width`` each."""
+
+    def with_torch(ids: torch.Tensor) -> Result:
+        return exact_search(x[ids.to(x.device)], x, width)
+
+    def with_faiss(ids: torch.Tensor) -> Result:
+        data = _as_faiss_array(x)
+        index = faiss.IndexFlatIP(data.shape[1])
+        index.add(data)
+        sims, idx = index.search(data[ids.numpy()], width)
+        return torch.from_numpy(idx), torch.from_numpy(sims)
+
+    searchers = {"torch": with_torch, "faiss": with_faiss}
+    return {name: searchers[name] for name in _candidates(x, backend)}
+
+
+@dataclass(frozen=True)
+class _InvertedFile:
+    """Points of ``x`` grouped by their nearest centroid.
+
+    Attributes:
+        centroids: (L x d) unit centroids; assignment: (n,) int64 list of each point;
+        order: (n,) int64 point ids sorted by list; offsets: (L + 1,) list boundaries
+        in ``order`` (Python ints); points: (n x d) ``x[order]``.
+    """
+
+    centroids: torch.Tensor
+    assignment: torch.Tensor
+    order: torch.Tensor
+    offsets: list[int]
+    points: torch.Tensor
+
+
+def _ivf_search(x: torch.Tensor, width: int, backend: str | None) -> tuple[Result, str, dict[str, float]]:
+    """Approximate top-``width`` of every row of ``x`` among the rows of ``x`` (self included).
+
+    Returns:
+        ((indices, similarities) as (n x width) CPU tensors, backend name, probe seconds).
+    """
+    n = x.shape[0]
+    num_lists = max(1, min(round(IVF_LISTS_PER_SQRT_N * n**0.5), n // 39))
+    ivf = _build_ivf(x, num_lists)
+    nprobe = _calibrate_nprobe(x, ivf, width - 1)
+    if nprobe is None:
+        logger.warning("IVF cannot reach recall %.2f probing <= %.0f%% of its lists; using exact search",
+                       RECALL_TARGET, 100 * IVF_MAX_PROBE_FRACTION)
+        name, found, probe = _fastest(_exact_searchers(x, width, backend), ("exact", x, width))
+        return found, f"{'faiss-flat' if name == 'faiss' else 'torch'} (ivf fallback)", probe
+    probes = _nearest_lists(x, ivf.centroids, nprobe)
+    searchers = {
+        "torch": lambda ids: _ivf_torch_search(x, ivf, probes, ids, width),
+        "faiss": _ivf_faiss_searcher(x, ivf, probes, width),
+    }
+    name, found, probe = _fastest(
+        {b: searchers[b] for b in _candidates(x, backend)}, (f"approx nprobe={nprobe}", x, width)
+    )
+    return found, f"{name}-ivf nprobe={nprobe}/{num_lists}", probe
+
+
+def _build_ivf(x: torch.Tensor, num_lists: int) -> _InvertedFile:
+    """Spherical k-means (``KMEANS_ITERATIONS`` on a seeded sample) and the lists of all points."""
+    n = x.shape[0]
+    generator = torch.Generator().manual_seed(CALIBRATION_SEED)
+    train = x[torch.randperm(n, generator=generator)[: num_lists * IVF_TRAIN_POINTS_PER_LIST].to(x.device)]
+    centroids = train[:num_lists].clone()
+    for _ in range(KMEANS_ITERATIONS):
+        assignment = _nearest_lists(train, centroids, 1).squeeze(1)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, train)
+        filled = torch.bincount(assignment, minlength=num_lists) > 0
+        centroids = torch.where(filled[:, None], torch.nn.functional.normalize(sums, dim=1), centroids)
+    assignment = _nearest_lists(x, centroids, 1).squeeze(1)
+    order = torch.argsort(assignment, stable=True)
+    sizes = torch.bincount(assignment, minlength=num_lists)
+    offsets = [0, *torch.cumsum(sizes, 0).tolist()]
+    return _InvertedFile(centroids, assignment, order, offsets, x[order])
+
+
+def _nearest_lists(points: torch.Tensor, centroids: torch.Tensor, count: int) -> torch.Tensor:
+    """(m x count) int64 ids of the centroids with the largest inner product to each point, best first."""
+    rows = _block_rows(centroids)
+    return torch.cat([torch.topk(block @ centroids.T, count, dim=1).indices for block in points.split(rows)])
+
+
+def _calibrate_nprobe(x: torch.Tensor, ivf: _InvertedFile, k: int) -> int | None:
+    """Smallest nprobe reaching ``RECALL_TARGET + CALIBRATION_MARGIN`` on the calibration sample.
+
+    A query's exact neighbour is found at nprobe p when its list is among the query's
+    p nearest lists, so one exact search of the sample gives the recall of every p.
+
+    Returns:
+        nprobe, or None when it would exceed ``IVF_MAX_PROBE_FRACTION`` of the lists.
+    """
+    num_lists = ivf.centroids.shape[0]
+    sample = _sample(x.shape[0], RECALL_SAMPLE, CALIBRATION_SEED)
+    queries = x[sample.to(x.device)]
+    true, _ = _drop_self(*exact_search(queries, x, k + 1), sample, k)
+    ranking = _nearest_lists(queries, ivf.centroids, num_lists).cpu()
+    rank_of_list = torch.empty_like(ranking).scatter_(1, ranking, torch.arange(num_lists).expand_as(ranking))
+    needed = rank_of_list.gather(1, ivf.assignment.cpu()[true]) + 1  # (s x k) nprobe finding each neighbour
+    recall = torch.bincount(needed.flatten(), minlength=num_lists + 1).cumsum(0) / needed.numel()
+    nprobe = int(torch.searchsorted(recall, RECALL_TARGET + CALIBRATION_MARGIN))
+    logger.info("IVF nprobe=%d/%d: calibration recall %.4f", nprobe, num_lists, float(recall[min(nprobe, num_lists)]))
+    return nprobe if nprobe <= max(1, int(IVF_MAX_PROBE_FRACTION * num_lists)) else None
+
+
+def _ivf_torch_search(x: torch.Tensor, ivf: _InvertedFile, probes: torch.Tensor, ids: torch.Tensor, width: int) -> Result:
+    """Top-``width`` of the queries ``x[ids]`` among the points of their probed lists, by torch.
+
+    Queries are taken in chunks whose candidate buffer (q x nprobe x width) fits
+    ``_IVF_BUFFER_BYTES``; within a chunk, every list is searched once, by one matmul
+    of all the chunk's queries probing it against its points, and a top-k.
+
+    Args:
+        probes: (n x nprobe) lists probed by every point; ids: (q,) query ids.
+
+    Returns:
+        (q x width) int64 indices (-1 where fewer candidates) and float32 similarities, CPU.
+    """
+    chunk = max(1, _IVF_BUFFER_BYTES // (probes.shape[1] * width * 12))
+    parts = [_ivf_torch_chunk(x, ivf, probes[part.to(probes.device)], part, width) for part in ids.split(chunk)]
+    return torch.cat([p[0] for p in parts]).cpu(), torch.cat([p[1] for p in parts]).cpu()
+
+
+def _ivf_torch_chunk(x: torch.Tensor, ivf: _InvertedFile, probes: torch.Tensor, ids: torch.Tensor, width: int) -> Result:
+    """:func:`_ivf_torch_search` of one chunk of queries; probes: (q x nprobe) their lists."""
+    num_queries, nprobe = probes.shape
+    queries = x[ids.to(x.device)]
+    slots = torch.argsort(probes.flatten(), stable=True)  # (query, probe) slots grouped by list
+    counts = torch.bincount(probes.flatten(), minlength=len(ivf.offsets) - 1).tolist()
+    sims = torch.full((num_queries * nprobe, width), -torch.inf, device=x.device)
+    idx = torch.full((num_queries * nprobe, width), -1, dtype=torch.int64, device=x.device)
+    first = 0
+    for lst, count in enumerate(counts):
+        begin, end = ivf.offsets[lst], ivf.offsets[lst + 1]
+        if count and end > begin:
+            rows = slots[first : first + count]
+            top = torch.topk(queries[rows // nprobe] @ ivf.points[begin:end].T, min(width, end - begin), dim=1)
+            sims[rows, : top.values.shape[1]] = top.values
+            idx[rows, : top.values.shape[1]] = ivf.order[begin + top.indices]
+        first += count
+    best = torch.topk(sims.view(num_queries, -1), width, dim=1)
+    return idx.view(num_queries, -1).gather(1, best.indices), best.values
+
+
+def _ivf_faiss_searcher(x: torch.Tensor, ivf: _InvertedFile, probes: torch.Tensor, width: int) -> Searcher:
+    """Searcher of query ids by FAISS ``IndexIVFFlat`` on the lists of ``ivf`` (built on first use)."""
+    state: dict[str, object] = {}
+
+    def search(ids: torch.Tensor) -> Result:
+        if not state:
+            data = _as_faiss_array(x)
+            quantizer = faiss.IndexFlatIP(data.shape[1])
+            quantizer.add(_as_faiss_array(ivf.centroids))
+            index = faiss.IndexIVFFlat(quantizer, data.shape[1], quantizer.ntotal, faiss.METRIC_INNER_PRODUCT)
+            add_preassigned(index, data, ivf.assignment.cpu().numpy())
+            index.nprobe = probes.shape[1]
+            state.update(data=data, quantizer=quantizer, index=index)
+        lists = probes[ids.to(probes.device)].cpu().numpy()
+        sims, idx = search_preassigned(state["index"], state["data"][ids.numpy()], width, lists)
+        return torch.from_numpy(idx), torch.from_numpy(sims)
+
+    return search
+
+
+def _block_rows(database: torch.Tensor) -> int:
+    """Query rows per similarity block against ``database`` (n x d), from free memory."""
+    if database.is_cuda:
+        free = torch.cuda.mem_get_info(database.device)[0]
+        cap = _CUDA_BLOCK_ELEMENTS
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        cap = _CPU_BLOCK_ELEMENTS
+    elements = min(cap, int(_FREE_MEMORY_SHARE * free) // 4)
+    return max(1, elements // max(1, database.shape[0]))
+
+
+def _drop_self(idx: torch.Tensor, sims: torch.Tensor, query_ids: torch.Tensor, k: int) -> Result:
     """Remove the query's own index from (q x (k+1)) search results, keeping k per row.
 
     The query's own index is removed wherever it appears; rows where it does not
@@ -174,83 +437,9 @@ def _drop_self(
     return out_idx, out_sims
 
 
-def _exact_backend(x: torch.Tensor) -> str:
-    """``"torch"`` without FAISS or for CUDA tensors, else ``"faiss-flat"``."""
-    return "torch" if faiss is None or x.is_cuda else "faiss-flat"
-
-
-def _torch_search(queries: torch.Tensor, database: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k by chunked ``queries @ database.T`` on the tensors' device.
-
-    Memory: one (chunk x n) similarity block of at most ``_TORCH_BLOCK_ELEMENTS``.
-
-    Returns:
-        (indices, similarities): (q x k) int64 and float32 CPU tensors.
-    """
-    chunk = max(1, _TORCH_BLOCK_ELEMENTS // database.shape[0])
-    parts = [torch.topk(q @ database.T, k, dim=1) for q in queries.split(chunk)]
-    idx = torch.cat([p.indices for p in parts]).cpu()
-    sims = torch.cat([p.values for p in parts]).cpu()
-    return idx, sims
-
-
-def _ivf_search(x: torch.Tensor, width: int) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, str]:
-    """Approximate top-``width`` of every row of ``x`` among the rows of ``x`` with FAISS IVF-Flat.
-
-    ``nprobe`` is calibrated on a sample of queries (see the module docstring).
-
-    Returns:
-        ((indices, similarities), backend): (n x width) int64 and float32 CPU tensors
-        (self included), or None when the recall target needs more than
-        ``IVF_MAX_PROBE_FRACTION`` of the lists; backend names nprobe and the list count.
-    """
-    data = _as_faiss_array(x)
-    n, dim = data.shape
-    num_lists = max(1, min(round(IVF_LISTS_PER_SQRT_N * n**0.5), n // 39))
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, num_lists, faiss.METRIC_INNER_PRODUCT)
-    index.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
-    index.train(data)
-    index.add(data)
-
-    sample = _recall_sample(n, CALIBRATION_SEED)
-    kth = _exact_kth_similarity(x, sample, width - 1)
-    max_probe = max(1, int(IVF_MAX_PROBE_FRACTION * num_lists))
-    index.nprobe = min(IVF_START_NPROBE, max_probe)
-    while True:
-        sims, idx = index.search(data[sample.numpy()], width)
-        found, _ = _drop_self(torch.from_numpy(idx), torch.from_numpy(sims), sample, width - 1)
-        recall = _sample_recall(x, sample, found, kth)
-        logger.info("IVF nprobe=%d/%d: calibration recall %.4f", index.nprobe, num_lists, recall)
-        backend = f"faiss-ivf nprobe={index.nprobe}/{num_lists}"
-        if recall >= RECALL_TARGET:
-            break
-        if index.nprobe >= max_probe:
-            return None, backend
-        index.nprobe = min(2 * index.nprobe, max_probe)
-    sims, idx = index.search(data, width)
-    return (torch.from_numpy(idx), torch.from_numpy(sims)), backend
-
-
-def _recall_sample(n: int, seed: int) -> torch.Tensor:
-    """(s,) int64: min(RECALL_SAMPLE, n) distinct query ids drawn with ``seed``."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(RECALL_SAMPLE, n)]
-
-
-def _exact_kth_similarity(x: torch.Tensor, sample: torch.Tensor, k: int) -> torch.Tensor:
-    """(s,) k-th largest exact similarity of each sampled query to the other points."""
-    queries = x[sample.to(x.device)]
-    _, sims = _drop_self(*exact_search(queries, x, k + 1), sample, k)
-    return sims[:, -1]
-
-
-def _sample_recall(x: torch.Tensor, sample: torch.Tensor, found: torch.Tensor, kth: torch.Tensor) -> float:
-    """Tie-aware recall of ``found`` (s x k) neighbours of the sampled queries (see neighbour_recall)."""
-    queries = x[sample.to(x.device)]
-    found_points = x[found.clamp(min=0).to(x.device)]  # (s x k x d)
-    found_sims = torch.linalg.vecdot(found_points, queries[:, None, :]).cpu()
-    hits = (found >= 0) & (found_sims >= kth[:, None] - 1e-6)
-    return float(hits.float().mean())
+def _sample(n: int, size: int, seed: int) -> torch.Tensor:
+    """(s,) int64: min(size, n) distinct ids drawn with ``seed``."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(size, n)]
 
 
 def _as_faiss_array(x: torch.Tensor) -> np.ndarray:
