@@ -27,7 +27,7 @@ else ``data_home()/fashion_mnist_targets``): ``images/*.png``, ``<name>.csv`` (`
 rows, integer labels), ``classnames.txt`` (all 10 names) and ``target.json`` (what was
 built). It is written into a hidden temporary folder renamed into place at the end, so an
 interrupted generation never leaves a partial target. Read it with :func:`load_target`, or
-``load_dataset(*target_files(folder))``-style via :func:`target_files`.
+``files = target_files(folder); load_dataset(files.table, classnames=files.classnames)``.
 """
 from __future__ import annotations
 
