@@ -284,14 +284,15 @@ def _ivf_search(x: torch.Tensor, width: int, backend: str | None) -> tuple[Resul
     """
     n = x.shape[0]
     num_lists = max(1, min(round(IVF_LISTS_PER_SQRT_N * n**0.5), n // 39))
-    ivf = _build_ivf(x, num_lists)
-    nprobe = _calibrate_nprobe(x, ivf, width - 1)
+    centroids = _kmeans(x, num_lists)
+    nprobe = _calibrate_nprobe(x, centroids, width - 1)
     if nprobe is None:
         logger.warning("IVF cannot reach recall %.2f probing <= %.0f%% of its lists; using exact search",
                        RECALL_TARGET, 100 * IVF_MAX_PROBE_FRACTION)
         name, found, probe = _fastest(_exact_searchers(x, width, backend), ("exact", x, width))
         return found, f"{'faiss-flat' if name == 'faiss' else 'torch'} (ivf fallback)", probe
-    probes = _nearest_lists(x, ivf.centroids, nprobe)
+    ivf = _inverted_file(x, centroids)
+    probes = _nearest_lists(x, centroids, nprobe)
     searchers = {
         "torch": lambda ids: _ivf_torch_search(x, ivf, probes, ids, width),
         "faiss": _ivf_faiss_searcher(x, ivf, probes, width),
@@ -302,8 +303,8 @@ def _ivf_search(x: torch.Tensor, width: int, backend: str | None) -> tuple[Resul
     return found, f"{name}-ivf nprobe={nprobe}/{num_lists}", probe
 
 
-def _build_ivf(x: torch.Tensor, num_lists: int) -> _InvertedFile:
-    """Spherical k-means (``KMEANS_ITERATIONS`` on a seeded sample) and the lists of all points."""
+def _kmeans(x: torch.Tensor, num_lists: int) -> torch.Tensor:
+    """(L x d) unit centroids: spherical k-means, ``KMEANS_ITERATIONS`` on a seeded sample of ``x``."""
     n = x.shape[0]
     generator = torch.Generator().manual_seed(CALIBRATION_SEED)
     train = x[torch.randperm(n, generator=generator)[: num_lists * IVF_TRAIN_POINTS_PER_LIST].to(x.device)]
@@ -313,6 +314,12 @@ def _build_ivf(x: torch.Tensor, num_lists: int) -> _InvertedFile:
         sums = torch.zeros_like(centroids).index_add_(0, assignment, train)
         filled = torch.bincount(assignment, minlength=num_lists) > 0
         centroids = torch.where(filled[:, None], torch.nn.functional.normalize(sums, dim=1), centroids)
+    return centroids
+
+
+def _inverted_file(x: torch.Tensor, centroids: torch.Tensor) -> _InvertedFile:
+    """Every point of ``x`` in the list of its nearest centroid."""
+    num_lists = centroids.shape[0]
     assignment = _nearest_lists(x, centroids, 1).squeeze(1)
     order = torch.argsort(assignment, stable=True)
     sizes = torch.bincount(assignment, minlength=num_lists)
@@ -326,7 +333,7 @@ def _nearest_lists(points: torch.Tensor, centroids: torch.Tensor, count: int) ->
     return torch.cat([torch.topk(block @ centroids.T, count, dim=1).indices for block in points.split(rows)])
 
 
-def _calibrate_nprobe(x: torch.Tensor, ivf: _InvertedFile, k: int) -> int | None:
+def _calibrate_nprobe(x: torch.Tensor, centroids: torch.Tensor, k: int) -> int | None:
     """Smallest nprobe reaching ``RECALL_TARGET + CALIBRATION_MARGIN`` on the calibration sample.
 
     A query's exact neighbour is found at nprobe p when its list is among the query's
@@ -335,13 +342,14 @@ def _calibrate_nprobe(x: torch.Tensor, ivf: _InvertedFile, k: int) -> int | None
     Returns:
         nprobe, or None when it would exceed ``IVF_MAX_PROBE_FRACTION`` of the lists.
     """
-    num_lists = ivf.centroids.shape[0]
+    num_lists = centroids.shape[0]
     sample = _sample(x.shape[0], RECALL_SAMPLE, CALIBRATION_SEED)
     queries = x[sample.to(x.device)]
     true, _ = _drop_self(*exact_search(queries, x, k + 1), sample, k)
-    ranking = _nearest_lists(queries, ivf.centroids, num_lists).cpu()
+    ranking = _nearest_lists(queries, centroids, num_lists).cpu()
     rank_of_list = torch.empty_like(ranking).scatter_(1, ranking, torch.arange(num_lists).expand_as(ranking))
-    needed = rank_of_list.gather(1, ivf.assignment.cpu()[true]) + 1  # (s x k) nprobe finding each neighbour
+    lists = _nearest_lists(x[true.flatten().to(x.device)], centroids, 1).cpu().view_as(true)
+    needed = rank_of_list.gather(1, lists) + 1  # (s x k) nprobe that finds each exact neighbour
     recall = torch.bincount(needed.flatten(), minlength=num_lists + 1).cumsum(0) / needed.numel()
     nprobe = int(torch.searchsorted(recall, RECALL_TARGET + CALIBRATION_MARGIN))
     logger.info("IVF nprobe=%d/%d: calibration recall %.4f", nprobe, num_lists, float(recall[min(nprobe, num_lists)]))
