@@ -248,11 +248,14 @@ def _exact_searchers(x: torch.Tensor, width: int, backend: str | None) -> dict[s
     def with_torch(ids: torch.Tensor) -> Result:
         return exact_search(x[ids.to(x.device)], x, width)
 
+    index: list = []  # the FAISS index, built on first use
+
     def with_faiss(ids: torch.Tensor) -> Result:
         data = _as_faiss_array(x)
-        index = faiss.IndexFlatIP(data.shape[1])
-        index.add(data)
-        sims, idx = index.search(data[ids.numpy()], width)
+        if not index:
+            index.append(faiss.IndexFlatIP(data.shape[1]))
+            index[0].add(data)
+        sims, idx = index[0].search(data[ids.numpy()], width)
         return torch.from_numpy(idx), torch.from_numpy(sims)
 
     searchers = {"torch": with_torch, "faiss": with_faiss}
