@@ -143,3 +143,16 @@ def test_bad_requests_raise_one_line_errors(tmp_path: Path, generated_source: Pa
     with pytest.raises(ReclipError, match=match):
         ensure_target(name, n=n, root=tmp_path, source_root=generated_source)
     assert not any(tmp_path.iterdir())
+
+
+def test_dev_targets_come_from_the_train_split(tmp_path: Path, generated_source: Path) -> None:
+    rng = np.random.default_rng(1)
+    train_labels = np.repeat(np.arange(10), 8)
+    write_idx(generated_source / "train-images-idx3-ubyte", rng.integers(0, 255, size=(len(train_labels), 28, 28)))
+    write_idx(generated_source / "train-labels-idx1-ubyte", train_labels)
+    dev = ensure_target("train-subset-4", n=20, root=tmp_path, source_root=generated_source)
+    test = ensure_target("subset-4", n=20, root=tmp_path, source_root=generated_source)
+    assert manifest(dev)["split"] == "train" and manifest(test)["split"] == "test"
+    assert len(set(labels(dev)[1:])) == 4 and manifest(dev)["source_indices"] != manifest(test)["source_indices"]
+    assert set(targets.DEV_TARGETS).isdisjoint(targets.OFFLINE_TARGETS)
+    assert all(targets.parse_target(name).split == "train" for name in targets.DEV_TARGETS)

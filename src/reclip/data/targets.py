@@ -1,4 +1,5 @@
-"""Offline evaluation targets built from Fashion-MNIST's TEST split (never its train split).
+"""Offline evaluation targets built from Fashion-MNIST's TEST split, and dev targets built
+from its TRAIN split (``train-`` names) for choosing defaults.
 
 Target names:
 
@@ -13,6 +14,8 @@ Target names:
 - ``longtail-<r>``: every class present with an exponential profile: class at rank j
   (0 = head) gets a share proportional to ``r ** (-j / 9)``, so head / tail = r (the
   CIFAR-10-LT profile of Cao et al., 2019); the class order is a seeded permutation.
+- ``train-<any of the above>``: the same built from the TRAIN split: dev targets, on which
+  thresholds and defaults are chosen (``DEV_TARGETS``), never the reported test targets.
 
 Every image is upscaled from 28 to ``IMAGE_SIZE`` = 96 px (bicubic) before any corruption:
 ImageNet-C's parameters are in pixels of a 224 px image, so applied at 28 px a blur radius
@@ -40,7 +43,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -72,6 +75,16 @@ OFFLINE_TARGETS: tuple[str, ...] = (
     "subset-3",
     "longtail-100",
 )
+#: Dev targets (train split; other corruptions and proportions than the offline suite's).
+DEV_TARGETS: tuple[str, ...] = (
+    "train-clean",
+    "train-shot_noise-5",
+    "train-motion_blur-3",
+    "train-fog-4",
+    "train-subset-4",
+    "train-longtail-50",
+)
+DEV_PREFIX = "train-"
 
 _CORRUPTION_NAME = re.compile(r"^([a-z_]+)-([1-5])$")
 _SUBSET_NAME = re.compile(r"^subset-(\d+)$")
@@ -89,6 +102,7 @@ class TargetSpec:
 
     name: str
     kind: str
+    split: str = SPLIT
     corruption: str | None = None
     severity: int | None = None
     classes: int | None = None
@@ -104,6 +118,8 @@ class TargetFiles(NamedTuple):
 
 def parse_target(name: str) -> TargetSpec:
     """The spec of a target name (see the module docstring); ``ReclipError`` if it is not one."""
+    if name.startswith(DEV_PREFIX):
+        return replace(parse_target(name[len(DEV_PREFIX):]), name=name, split="train")
     if name == "clean":
         return TargetSpec(name, "clean")
     if match := _SUBSET_NAME.match(name):
@@ -197,7 +213,7 @@ def _generate(spec: TargetSpec, n: int, seed: int, source_root: str | os.PathLik
               out: Path) -> None:
     """Write the target's images, table, class names and manifest into ``out``."""
     start = time.perf_counter()
-    source = load_dataset(SOURCE, root=source_root, split=SPLIT)
+    source = load_dataset(SOURCE, root=source_root, split=spec.split)
     if len(source.classnames) != NUM_CLASSES:
         raise ReclipError(f"the {SOURCE} data at {source.root} has {len(source.classnames)} classes, "
                           f"expected {NUM_CLASSES}; check the data")
@@ -217,7 +233,7 @@ def _generate(spec: TargetSpec, n: int, seed: int, source_root: str | os.PathLik
     write_csv(out / f"{spec.name}.csv", ("path", "label"), rows)
     (out / CLASSNAMES_FILE).write_text("".join(f"{' | '.join(c)}\n" for c in source.classnames), encoding="utf-8")
     write_json(out / MANIFEST_FILE, {
-        "name": spec.name, "n": n, "seed": seed, "source": SOURCE, "split": SPLIT, "source_root": source.root,
+        "name": spec.name, "n": n, "seed": seed, "source": SOURCE, "split": spec.split, "source_root": source.root,
         "image_size": IMAGE_SIZE, "corruption": spec.corruption, "severity": spec.severity,
         "class_counts": {source.classnames[c][0]: int(k) for c, k in counts.items()},
         "source_indices": [int(i) for i in indices], "seconds": round(time.perf_counter() - start, 2),
@@ -225,8 +241,11 @@ def _generate(spec: TargetSpec, n: int, seed: int, source_root: str | os.PathLik
 
 
 def _selection_key(spec: TargetSpec) -> str:
-    """Corrupted targets select the images of ``clean``; every other target selects its own."""
-    return "clean" if spec.kind == "corruption" else spec.name
+    """Corrupted targets select the images of ``clean`` (of their split); every other target
+    selects its own."""
+    if spec.kind == "corruption":
+        return "clean" if spec.split == SPLIT else DEV_PREFIX + "clean"
+    return spec.name
 
 
 def _class_counts(spec: TargetSpec, n: int, rng: np.random.Generator) -> dict[int, int]:
@@ -266,7 +285,7 @@ def _sample(labels: np.ndarray, counts: dict[int, int], rng: np.random.Generator
     for c, count in counts.items():
         pool = np.flatnonzero(labels == c)
         if count > len(pool):
-            raise ReclipError(f"target {name} needs {count} images of class {c} but the {SPLIT} split has "
+            raise ReclipError(f"target {name} needs {count} images of class {c} but its split has "
                               f"{len(pool)}; use a smaller n")
         picked.append(rng.choice(pool, count, replace=False))
     return rng.permutation(np.concatenate(picked))
