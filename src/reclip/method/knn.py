@@ -66,9 +66,11 @@ RECALL_SAMPLE = 1000
 RECALL_SEED = 0
 CALIBRATION_SEED = 1
 PROBE_SEED = 2
-#: Share of the queries both backends search when choosing one (at least PROBE_MIN_QUERIES).
-PROBE_FRACTION = 0.01
-PROBE_MIN_QUERIES = 500
+#: Share of the queries both backends search when choosing one, at least PROBE_MIN_QUERIES:
+#: FAISS's flat search is up to 3x slower per query in batches of a few hundred queries
+#: than in batches of thousands, so smaller probes would misjudge it.
+PROBE_FRACTION = 0.02
+PROBE_MIN_QUERIES = 2048
 #: Queries each backend searches untimed before its probe.
 PROBE_WARMUP_QUERIES = 8
 
