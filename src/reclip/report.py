@@ -12,11 +12,13 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 
-def plot_report(path: str | Path, history: list[dict], zero_shot: dict, final: dict, title: str) -> None:
+def plot_report(path: str | Path, history: list[dict], zero_shot: dict, final: dict, title: str,
+                safeguard: dict | None = None) -> None:
     """Accuracy and pseudo-label accuracy per epoch (when labels exist), agreement and losses.
 
     ``history`` holds one dict per epoch (evaluated before that epoch's training pass);
-    ``final`` is the evaluation after the last pass, drawn at x = number of epochs.
+    ``final`` is the evaluation after the last pass, drawn at x = number of epochs;
+    ``safeguard`` (metrics.json's) adds the final head agreement and the threshold.
     """
     epochs = [h["epoch"] for h in history]
     has_labels = "top1" in zero_shot
@@ -36,8 +38,15 @@ def plot_report(path: str | Path, history: list[dict], zero_shot: dict, final: d
         ax.set(xlabel="epochs trained", ylabel="top-1 (%)", title="accuracy")
         ax.legend(fontsize=8)
     ax = next(ax_iter)
-    ax.plot(epochs, [100 * h["agreement"] for h in history], marker="o", color="tab:green")
-    ax.set(xlabel="epoch", ylabel="agreeing pseudo labels (%)", title="T/V agreement", ylim=(0, 101))
+    ax.plot(epochs, [100 * h["agreement"] for h in history], marker="o", color="tab:green", label="pseudo labels")
+    if all("head_agreement" in h for h in history):
+        ys = [100 * h["head_agreement"] for h in history] + ([100 * safeguard["agreement"]] if safeguard else [])
+        ax.plot(list(range(len(ys))), ys, marker="s", color="tab:purple", label="head predictions (safeguard signal)")
+    if safeguard and safeguard["threshold"] > 0:
+        ax.axhline(100 * safeguard["threshold"], color="tab:red", ls="--",
+                   label=f"safeguard threshold (kept: {safeguard['kept']})")
+    ax.set(xlabel="epoch", ylabel="T/V agreement (%)", title="T/V agreement", ylim=(0, 101))
+    ax.legend(fontsize=8)
     ax = next(ax_iter)
     for key, label in (("loss_t", "loss T"), ("loss_v", "loss V")):
         if all(key in h for h in history):

@@ -82,6 +82,11 @@ class Adapter:
     def mode(self) -> str:
         return self.meta["mode"]
 
+    @property
+    def temperature(self) -> float:
+        """The label-free calibration temperature of the run (1 when it had none)."""
+        return float(self.meta.get("temperature", 1.0))
+
     def save(self, path: str | Path) -> None:
         tensors = {f"norm.{k}": v for k, v in {**self.image_norms, **self.text_norms}.items()}
         tensors["head.v_classifier"] = self.v_classifier
@@ -139,9 +144,10 @@ class AdaptedModel:
             return frozen, self.model.encode_image(images).cpu()
 
     def logits(self, f_frozen: torch.Tensor, f_v: torch.Tensor) -> torch.Tensor:
-        """N x C logits of the adapter's head (combined for ReCLIP, one branch otherwise)."""
+        """N x C logits of the adapter's head (combined for ReCLIP, one branch otherwise),
+        divided by the run's calibration temperature."""
         a = self.adapter
-        return combined_logits(f_frozen, f_v, a.t_classifier, a.v_classifier, a.mode)
+        return combined_logits(f_frozen, f_v, a.t_classifier, a.v_classifier, a.mode) / a.temperature
 
     def predict(self, dataset: ImageDataset, batch_size: int = 64, workers: int | None = None) -> Predictions:
         """Classify the readable images of ``dataset`` into the adapter's classes.
@@ -224,6 +230,9 @@ def _check_adapter(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> 
                               f"{None if t is None else t.dtype}, expected {len(names)} x D floats; {fix}")
         if not bool(t.isfinite().all()):
             raise ReclipError(f"adapter {path}: {head} holds non-finite values; {fix}")
+    temperature = meta.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise ReclipError(f"adapter {path}: metadata 'temperature' must be a positive number; {fix}")
     dims = {tensors["head.v_classifier"].shape[1], tensors["head.t_classifier"].shape[1]}
     if len(dims) != 1:
         raise ReclipError(f"adapter {path}: the two heads have different widths {sorted(dims)}; {fix}")

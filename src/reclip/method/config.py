@@ -61,6 +61,10 @@ class ReclipConfig:
       trains each branch on all its pseudo labels, not only those both branches agree on;
       ``pseudo_labels="zero-shot"`` trains on each branch's own predictions instead of
       propagated labels.
+    safeguard: in ``reclip`` mode, keep the zero-shot predictions when T's and V's heads agree on
+      less than this share of the images at the end (0 turns the safeguard off).
+    calibrate: in ``reclip`` mode, scale the final logits by a temperature that makes the mean
+      confidence equal that agreement (label-free calibration).
     seed: shuffling and initialisation seed.
     workers: data-loading processes (None: cores - 1, at most 4). cache: use the feature cache.
     """
@@ -85,6 +89,8 @@ class ReclipConfig:
     project: bool = True
     agreement_filter: bool = True
     pseudo_labels: str = "propagated"
+    safeguard: float = 0.0
+    calibrate: bool = True
     seed: int = 0
     workers: int | None = None
     cache: bool = True
@@ -107,7 +113,8 @@ class ReclipConfig:
         _number(self, "weight_decay", 0.0, 1.0, high_open=True)
         _number(self, "momentum", 0.0, 1.0, high_open=True)
         _number(self, "alpha", 0.0, 1.0, low_open=True, high_open=True)
-        for name in ("cache", "project", "agreement_filter"):
+        _number(self, "safeguard", 0.0, 1.0)
+        for name in ("cache", "project", "agreement_filter", "calibrate"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be True or False; got {getattr(self, name)!r}")
         if self.t_template is not None and (not isinstance(self.t_template, str) or "{}" not in self.t_template):

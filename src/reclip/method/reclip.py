@@ -40,6 +40,7 @@ from ..errors import ReclipError
 from ..precision import autocast, full_precision
 from .config import ReclipConfig
 from .propagation import label_propagation
+from .safeguard import head_agreement
 from .zeroshot import LOGIT_SCALE, class_embeddings, ensemble_classifiers
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
         # 1. evaluate both branches (f_v was computed after the previous training pass)
         logits = combined_logits(frozen.features, f_v, h.t_classifier, h.v_classifier, config.mode)
         stats: dict = {"epoch": epoch}
+        stats["head_agreement"] = head_agreement(frozen.features, f_v, h.t_classifier, h.v_classifier)
         if has_labels:
             stats.update(branch_accuracies(frozen.features, f_v, h, labels, logits))
 
@@ -343,7 +345,7 @@ def _check_finite(stats: dict, params: list[nn.Parameter], epoch: int, config: R
 def epoch_summary(stats: dict, epochs: int) -> str:
     """One line of an epoch record: its accuracies (when labels exist), agreement, losses, time."""
     parts = [f"epoch {stats['epoch'] + 1}/{epochs}"]
-    for key in ("top1", "top1_t", "top1_v", "pseudo_label_acc_t", "pseudo_label_acc_v", "agreement",
+    for key in ("top1", "top1_t", "top1_v", "pseudo_label_acc_t", "pseudo_label_acc_v", "agreement", "head_agreement",
                 "loss_t", "loss_v"):
         if key in stats:
             parts.append(f"{key} {stats[key]:.4f}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import warnings
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -38,10 +39,17 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import ReclipConfig
 from .propagation import label_propagation
 from .reclip import RunState, adapt, branch_accuracies
+from .safeguard import decide, head_agreement
 from .transclip import transclip
 from .zeroshot import class_embeddings, zero_shot_logits
 
 METRICS_FILE = "metrics.json"
+
+
+class SafeguardWarning(UserWarning):
+    """The safeguard kept the zero-shot predictions of a ReCLIP run."""
+
+
 PREDICTIONS_FILE = "predictions.csv"
 REPORT_FILE = "report.png"
 
@@ -77,7 +85,8 @@ class ReclipResult:
             self.adapter.save(written[-1])
         if self.history:
             written.append(out / REPORT_FILE)
-            plot_report(written[-1], self.history, self.metrics["zero_shot"], self.metrics["final"], self.title)
+            plot_report(written[-1], self.history, self.metrics["zero_shot"], self.metrics["final"], self.title,
+                        self.metrics.get("safeguard"))
         write_json(written[1], self.metrics)  # last: its presence means the run finished
         return written
 
@@ -174,7 +183,7 @@ class _Run:
         elif config.mode == "transclip":
             predictions = self._transclip(frozen, classifier, metrics)
         else:
-            predictions, adapter, history = self._self_train(frozen, out, resume, metrics)
+            predictions, adapter, history = self._self_train(frozen, classifier, zero_shot, out, resume, metrics)
         metrics["seconds"] = round(time.perf_counter() - self.start, 3)
         metrics["peak_memory_mb"] = round(_peak_memory_mb(self.model.device), 1)
         return ReclipResult(config.mode, predictions, zero_shot, adapter, metrics, history,
@@ -203,8 +212,8 @@ class _Run:
         metrics["transclip"] = {"k": result.k, "timings": result.timings}
         return predictions
 
-    def _self_train(self, frozen: Features, out: Path | None, resume: bool,
-                    metrics: dict) -> tuple[Predictions, Adapter, list[dict]]:
+    def _self_train(self, frozen: Features, classifier: torch.Tensor, zero_shot: Predictions, out: Path | None,
+                    resume: bool, metrics: dict) -> tuple[Predictions, Adapter, list[dict]]:
         model, config, dataset = self.model, self.config, self.dataset
         identity = {"model": model.spec, "pretrained": model.pretrained, "weights": weights_fingerprint(model),
                     "dataset": dataset.fingerprint(), "n": len(frozen.indices), "classnames": dataset.classnames,
@@ -224,17 +233,36 @@ class _Run:
 
         state, f_v, logits = adapt(model, dataset, frozen, self.templates, config, state,
                                    on_epoch_end=on_epoch_end, optimizer_state=optimizer_state)
-        predictions = self._predictions(frozen, logits.softmax(dim=-1))
-        final = predictions.metrics()
+        heads = state.heads
+        adapted = self._predictions(frozen, logits.softmax(dim=-1))
+        final = adapted.metrics()
         if final:
-            final.update({k: v for k, v in branch_accuracies(frozen.features, f_v, state.heads, frozen.labels,
+            final.update({k: v for k, v in branch_accuracies(frozen.features, f_v, heads, frozen.labels,
                                                              logits).items() if k != "top1"})
+        meta = adapter_meta(model, dataset.classnames, self.templates, config.mode, config.to_dict())
         adapter = Adapter(
             image_norms=snapshot(model.named_image_norm_parameters()) if config.trains_v else {},
             text_norms=snapshot(model.named_text_norm_parameters()) if config.trains_t else {},
-            v_classifier=state.heads.v_classifier, t_classifier=state.heads.t_classifier,
-            extra_state=model.extra_state(),
-            meta=adapter_meta(model, dataset.classnames, self.templates, config.mode, config.to_dict()))
+            v_classifier=heads.v_classifier, t_classifier=heads.t_classifier, extra_state=model.extra_state(),
+            meta=meta)
+        predictions = adapted
+        if config.mode == "reclip":
+            agreement = head_agreement(frozen.features, f_v, heads.t_classifier, heads.v_classifier)
+            decision = decide(logits, agreement, config.safeguard, config.calibrate)
+            metrics["safeguard"] = decision.as_dict()
+            meta["safeguard"] = decision.as_dict()
+            if decision.kept == "zero-shot":
+                warnings.warn(f"safeguard: {decision.reason}", SafeguardWarning, stacklevel=4)
+                metrics["final_adapted"] = final
+                final = zero_shot.metrics()
+                predictions = zero_shot
+                # the zero-shot classifier as both heads and no trained norm: predict gives zero-shot
+                adapter = Adapter(image_norms={}, text_norms={}, v_classifier=classifier.clone(),
+                                  t_classifier=classifier, extra_state=model.extra_state(), meta=meta)
+            else:
+                meta["temperature"] = decision.temperature
+                predictions = self._predictions(frozen, (logits / decision.temperature).softmax(dim=-1))
+                final.update({k: v for k, v in predictions.metrics().items() if k == "ece"})
         frozen_pass = 0.0 if frozen.from_cache else 1.0
         metrics.update({"epochs": state.history, "final": final,
                         "passes": {"image_forward": state.passes_forward + frozen_pass,

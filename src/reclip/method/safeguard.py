@@ -1,0 +1,76 @@
+"""Label-free checks at the end of a ReCLIP run: keep the adapted predictions or fall back
+to zero-shot, and calibrate the confidences (docs/method.md, "Safeguard and calibration").
+
+Signal: the share of images on which ReCLIP-T's head and ReCLIP-V's head predict the same
+class. The two heads look at different features (frozen vs adapted image tower) and are
+trained on the labels they agree on; when their pseudo labels are poor they drift apart,
+and the share of disagreement is a label-free estimate of the error (as with two
+independently trained models, Jiang et al., ICLR 2022). Below ``safeguard`` the run keeps
+the zero-shot predictions, and says so. The adapted predictions get a temperature chosen
+so that their mean confidence equals that agreement: an over-confident head is cooled down
+without any label.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+TEMPERATURE_RANGE = (1e-2, 1e3)
+
+
+def head_agreement(f_frozen: torch.Tensor, f_v: torch.Tensor, t_classifier: torch.Tensor,
+                   v_classifier: torch.Tensor) -> float:
+    """Share of the N images where T's head (``f_frozen`` N x D against ``t_classifier`` C x D)
+    and V's head (``f_v`` against ``v_classifier``) predict the same class."""
+    t = (f_frozen.float() @ t_classifier.float().T).argmax(-1)
+    v = (f_v.float() @ v_classifier.float().T).argmax(-1)
+    return (t == v).float().mean().item()
+
+
+def fit_temperature(logits: torch.Tensor, target: float, iterations: int = 60) -> float:
+    """Temperature T with mean_i max_c softmax(logits_i / T) = ``target`` (N x C logits),
+    by bisection on log T (the mean confidence falls as T grows). Clipped to
+    ``TEMPERATURE_RANGE`` when the target is out of reach."""
+    c = logits.shape[1]
+    target = min(max(target, 1.0 / c + 1e-6), 1.0 - 1e-6)
+    low, high = (torch.tensor(t).log() for t in TEMPERATURE_RANGE)
+
+    def confidence(log_t: torch.Tensor) -> float:
+        return (logits.float() / log_t.exp()).softmax(-1).max(-1).values.mean().item()
+
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        if confidence(mid) > target:
+            low = mid
+        else:
+            high = mid
+    return float(((low + high) / 2).exp())
+
+
+@dataclass
+class Decision:
+    """What the safeguard chose: ``kept`` ("adapted" or "zero-shot"), the ``agreement`` signal,
+    the ``threshold``, the ``temperature`` applied to the adapted logits and a one-line ``reason``."""
+
+    kept: str
+    agreement: float
+    threshold: float
+    temperature: float
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"kept": self.kept, "agreement": self.agreement, "threshold": self.threshold,
+                "temperature": self.temperature, "reason": self.reason}
+
+
+def decide(logits: torch.Tensor, agreement: float, threshold: float, calibrate: bool) -> Decision:
+    """Keep the adapted N x C ``logits`` unless the heads' final ``agreement`` is below ``threshold``."""
+    temperature = fit_temperature(logits, agreement) if calibrate else 1.0
+    if agreement < threshold:
+        return Decision("zero-shot", agreement, threshold, temperature,
+                        f"T and V agree on {100 * agreement:.1f}% of the images, below the safeguard's "
+                        f"{100 * threshold:.0f}%: their pseudo labels were too poor to trust, so the zero-shot "
+                        "predictions are kept")
+    return Decision("adapted", agreement, threshold, temperature,
+                    f"T and V agree on {100 * agreement:.1f}% of the images (safeguard {100 * threshold:.0f}%)")
