@@ -9,7 +9,7 @@ Public API (imported lazily so ``import reclip`` stays fast):
   (``predictions``, ``zero_shot``, ``adapter``, ``metrics``, ``history``, ``save(out)``)
 - ``Adapter.load(path).apply(model)`` -> ``AdaptedModel`` (``predict(dataset)`` -> ``Predictions``)
 - ``label_propagation(image_features, class_embeddings, ...)`` -> ``PropagationResult``;
-  ``projection(class_embeddings, cut_dim=None)``
+  ``projection(class_embeddings, cut_dim=None)``; ``transclip(image_features, classifier=...)``
 - ``Callback`` (hooks into ``fit``), ``ReclipError`` (every error a user can fix)
 
 The method, step by step, is in docs/method.md.
@@ -34,6 +34,7 @@ _EXPORTS = {
     "Callback": "reclip.callbacks",
     "label_propagation": "reclip.method.propagation",
     "projection": "reclip.method.propagation",
+    "transclip": "reclip.method.transclip",
     "PropagationResult": "reclip.method.propagation",
     "Adapter": "reclip.method.adapter",
     "AdaptedModel": "reclip.method.adapter",
