@@ -33,3 +33,21 @@ def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def domain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated target for the tiny model: 4 classes x 25 noisy copies of a prototype
+    (zero-shot near chance, clear clusters; see synthetic.py)."""
+    import reclip
+    from synthetic import make_clustered_folder
+
+    model = reclip.load_model("tiny", device="cpu")
+    return make_clustered_folder(tmp_path_factory.mktemp("domain") / "images", model, noise=40.0, seed=0)
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A feature cache of the test's own (use with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    monkeypatch.setenv("RECLIP_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -17,9 +17,7 @@ from synthetic import make_clustered_folder  # noqa: E402
 from test_paper_benchmarks import BUILDERS  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECLIP_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,7 @@ from reclip.cli.main import main
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECLIP_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -16,17 +16,8 @@ import reclip
 from reclip.cli.main import main
 from reclip.method.adapter import Adapter
 
-sys.path.insert(0, str(Path(__file__).parent))
-from synthetic import make_clustered_folder  # noqa: E402
 
 TEMPLATES = ["a photo of a {}."]
-
-
-@pytest.fixture(scope="module")
-def domain(tmp_path_factory) -> Path:
-    """4 classes x 25 noisy copies of a prototype: zero-shot near chance, clear clusters."""
-    model = reclip.load_model("tiny", device="cpu")
-    return make_clustered_folder(tmp_path_factory.mktemp("domain") / "images", model, noise=40.0, seed=0)
 
 
 @pytest.fixture(autouse=True)

@@ -22,9 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import make_clustered_folder  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECLIP_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")

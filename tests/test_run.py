@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,21 +18,11 @@ from reclip.method.zeroshot import class_embeddings
 from reclip.models.factory import load_model
 from reclip.paths import feature_cache_dir
 
-sys.path.insert(0, str(Path(__file__).parent))
-from synthetic import make_clustered_folder  # noqa: E402
 
 README = Path(__file__).parents[1] / "README.md"
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECLIP_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def domain(tmp_path_factory) -> Path:
-    model = reclip.load_model("tiny", device="cpu")
-    return make_clustered_folder(tmp_path_factory.mktemp("domain") / "images", model, noise=40.0, seed=0)
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 # --- ReclipConfig ------------------------------------------------------------------------

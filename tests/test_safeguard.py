@@ -1,7 +1,6 @@
 """The label-free safeguard and calibration of ReCLIP runs (reclip/method/safeguard.py)."""
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -14,19 +13,9 @@ from reclip.method.propagation import PropagationResult
 from reclip.method.run import SafeguardWarning
 from reclip.method.safeguard import decide, fit_temperature, head_agreement
 
-sys.path.insert(0, str(Path(__file__).parent))
-from synthetic import make_clustered_folder  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECLIP_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def domain(tmp_path_factory) -> Path:
-    model = reclip.load_model("tiny", device="cpu")
-    return make_clustered_folder(tmp_path_factory.mktemp("domain") / "images", model, noise=40.0, seed=0)
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def test_temperature_matches_the_target_confidence():

@@ -35,7 +35,7 @@ from ..models.base import DualEncoder
 from ..predictions import Predictions
 from ..report import plot_report
 from .adapter import ADAPTER_FILE, Adapter, adapter_meta, load_into, snapshot
-from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ReclipConfig
 from .propagation import label_propagation
 from .reclip import RunState, adapt, branch_accuracies
