@@ -1,4 +1,4 @@
-"""Dense reference of ReCLIP label propagation, written directly from METHOD.md steps 1-2.
+"""Dense reference of ReCLIP label propagation, written directly from docs/method.md, steps 1-2.
 
 Everything is a dense numpy array: the projector P (D x D) and the (N+C) x (N+C)
 graph, in float64 by default. Only for small N (memory O((N+C)^2)). Used by the tests

@@ -1,4 +1,4 @@
-"""Step 0 of METHOD.md: the prompt-ensemble text classifier, and zero-shot logits."""
+"""Step 0 of docs/method.md: the prompt-ensemble text classifier, and zero-shot logits."""
 from __future__ import annotations
 
 import torch
@@ -6,7 +6,7 @@ from torch.nn.functional import normalize
 
 from ..models.base import DualEncoder
 
-LOGIT_SCALE = 100.0  # CLIP's learned temperature at convergence; METHOD.md uses it for every head
+LOGIT_SCALE = 100.0  # CLIP's learned temperature at convergence; docs/method.md uses it for every head
 
 
 def class_embeddings(model: DualEncoder, classnames: list[list[str]], templates: list[str],
