@@ -25,7 +25,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as nnf
 
 from reclip.errors import ReclipError
-from reclip.method.knn import check_knn_options, knn_search
+from reclip.method.knn import check_knn_options, knn_search, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ def projection(class_embeddings: ArrayLike, cut_dim: int | None = None) -> torch
     if cut_dim is not None and cut_dim < 2:
         raise ReclipError(f"cut_dim must be at least 2 (or None for D), got {cut_dim}")
     rank = min(num_classes, dim, dim if cut_dim is None else cut_dim)
-    with _torch_threads(1):
+    with torch_threads(1):
         left, _, _ = torch.linalg.svd(classes.double().T, full_matrices=False)
     return left[:, 1:rank].float().contiguous()
 
@@ -392,7 +391,7 @@ def _propagate(
         return torch.addmm(p, adjacency, p, alpha=-alpha)
 
     small = device.type == "cpu" and num_nodes * block <= SINGLE_THREAD_ELEMENTS
-    with _torch_threads(1 if small else torch.get_num_threads()):
+    with torch_threads(1 if small else torch.get_num_threads()):
         for first in range(0, num_classes, block):
             columns = torch.arange(first, min(first + block, num_classes))
             rhs = torch.zeros(num_nodes, len(columns), device=device)
@@ -402,17 +401,6 @@ def _propagate(
             iterations[columns] = result.iterations
             converged[columns] = result.converged
     return scores, iterations, converged
-
-
-@contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    """Run the body with ``count`` torch CPU threads, restoring the previous count after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _graph_coordinates(features: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
