@@ -299,8 +299,8 @@ def _ivf_search(x: torch.Tensor, width: int, backend: str | None) -> tuple[Resul
                        RECALL_TARGET, 100 * IVF_MAX_PROBE_FRACTION)
         name, found, probe = _fastest(_exact_searchers(x, width, backend), ("exact", x, width))
         return found, f"{'faiss-flat' if name == 'faiss' else 'torch'} (ivf fallback)", probe
-    ivf = _inverted_file(x, centroids)
     probes = _nearest_lists(x, centroids, nprobe)
+    ivf = _inverted_file(x, centroids, probes[:, 0].contiguous())
     searchers = {
         "torch": lambda ids: _ivf_torch_search(x, ivf, probes, ids, width),
         "faiss": _ivf_faiss_searcher(x, ivf, probes, width),
@@ -325,10 +325,9 @@ def _kmeans(x: torch.Tensor, num_lists: int) -> torch.Tensor:
     return centroids
 
 
-def _inverted_file(x: torch.Tensor, centroids: torch.Tensor) -> _InvertedFile:
-    """Every point of ``x`` in the list of its nearest centroid."""
+def _inverted_file(x: torch.Tensor, centroids: torch.Tensor, assignment: torch.Tensor) -> _InvertedFile:
+    """Every point of ``x`` in the list of its nearest centroid, ``assignment`` (n,)."""
     num_lists = centroids.shape[0]
-    assignment = _nearest_lists(x, centroids, 1).squeeze(1)
     order = torch.argsort(assignment, stable=True)
     sizes = torch.bincount(assignment, minlength=num_lists)
     offsets = [0, *torch.cumsum(sizes, 0).tolist()]
