@@ -15,7 +15,8 @@ from ..models.base import DualEncoder
 from ..models.factory import load_model
 
 # library parameters whose flag is not simply --<name with dashes>
-FLAGS = {"cache": "--no-cache", "project": "--no-project", "agreement_filter": "--no-agreement-filter"}
+FLAGS = {"cache": "--no-cache", "project": "--no-project", "agreement_filter": "--no-agreement-filter",
+         "calibrate": "--no-calibrate"}
 
 
 def flag(param: str) -> str:
@@ -73,8 +74,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                    help="reference: the authors' mean(CE*mask)/sum(mask), V's step divided by the batch "
                         "size (default); mean: masked mean like T")
     g.add_argument("--v-graph", choices=CHOICES["v_graph"], default=d.v_graph,
-                   help="V's label-propagation class nodes: centroids (its current classifier, default) "
-                        "or text (the original text embeddings, as the authors' code)")
+                   help="V's label-propagation class nodes: text (the original text embeddings, as the authors' "
+                        "code; default) or centroids (V's current classifier)")
     g.add_argument("--v-tower", choices=CHOICES["v_tower"], default=d.v_tower,
                    help="train (V trains its image tower's norm affines, default) or frozen (V's classifier "
                         "still follows its label-propagation centroids)")
@@ -86,6 +87,12 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                    help="ablation: each branch trains on all its pseudo labels, not only the agreed ones")
     g.add_argument("--pseudo-labels", choices=CHOICES["pseudo_labels"], default=d.pseudo_labels,
                    help="ablation: zero-shot trains on each branch's own predictions instead of propagated labels")
+    g.add_argument("--safeguard", type=float, default=d.safeguard,
+                   help="reclip mode: keep the zero-shot predictions when T's and V's heads agree on less than "
+                        f"this share of the images at the end (default {d.safeguard:g}: off)")
+    g.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="reclip mode: keep the raw confidences (default: a temperature makes the mean "
+                        "confidence equal the T/V head agreement)")
     g.add_argument("--seed", type=int, default=d.seed)
 
 

@@ -83,7 +83,7 @@ class ReclipConfig:
     knn: str = "exact"
     knn_backend: str | None = None
     v_loss: str = "reference"
-    v_graph: str = "centroids"
+    v_graph: str = "text"
     v_tower: str = "train"
     t_template: str | None = None
     project: bool = True
