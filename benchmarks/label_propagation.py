@@ -1,4 +1,4 @@
-"""Benchmark of reclip's sparse label propagation (METHOD.md steps 1-2).
+"""Benchmark of reclip's sparse label propagation (docs/method.md, steps 1-2).
 
 Synthetic CLIP-like features, D = 768: unit class embeddings = a shared direction + a
 class-specific direction; unit images = shared direction + their class direction +

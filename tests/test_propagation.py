@@ -1,4 +1,4 @@
-"""Tests of the sparse label-propagation engine against the dense reference (METHOD.md 1-2)."""
+"""Tests of the sparse label-propagation engine against the dense reference (docs/method.md, steps 1-2)."""
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,4 @@
-"""Label propagation of ReCLIP (METHOD.md steps 1-2) on a sparse k-NN graph.
+"""Label propagation of ReCLIP (docs/method.md, steps 1-2) on a sparse k-NN graph.
 
 Pipeline of :func:`label_propagation`:
 
@@ -110,7 +110,7 @@ class CGResult:
 
 
 def projection(class_embeddings: ArrayLike, cut_dim: int | None = None) -> torch.Tensor:
-    """Basis of the projection space of METHOD.md step 1, in factored form.
+    """Basis of the projection space of docs/method.md step 1, in factored form.
 
     With ``T`` the (D x C) matrix of class embeddings (the rows of
     ``class_embeddings``, used as given, no centring) and ``T = U S V^T`` its reduced
@@ -152,7 +152,7 @@ def label_propagation(
     knn_backend: str | None = None,
     device: str | torch.device | None = None,
 ) -> PropagationResult:
-    """Pseudo labels of N images by label propagation from C class nodes (METHOD.md 1-2).
+    """Pseudo labels of N images by label propagation from C class nodes (docs/method.md, steps 1-2).
 
     Inputs are L2-normalised first (zero rows stay zero). Nodes are the C class
     embeddings followed by the N images, projected by ``P = B B^T`` (see
