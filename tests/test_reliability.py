@@ -164,3 +164,22 @@ def adapt_cli_args(data: Path, out: Path):
     adapt_cli.add_parser(parser.add_subparsers())
     return parser.parse_args(["adapt", "--model", "tiny", "--dataset", str(data), "--out", str(out),
                               "--workers", "0"])
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+
+    from reclip.io import write_json
+
+    target = tmp_path / "metrics.json"
+    write_json(target, {"run": 1})
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(reclip.ReclipError, match=r"cannot write .*metrics.json \(No space left on device\)") as info:
+        write_json(target, {"run": 2})
+    assert "\n" not in str(info.value)
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"run": 1} and not list(tmp_path.glob(".*.tmp"))

@@ -35,11 +35,17 @@ def stale_temporaries(folder: Path) -> list[Path]:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_sibling(path)
+    except OSError as exc:
+        raise ReclipError(f"cannot write {path} ({exc.strerror}); pass a writable folder") from None
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a quota, a folder made read-only meanwhile
+        raise ReclipError(f"cannot write {path} ({exc.strerror}); free some space or pass another folder; "
+                          "the previous version of the file, if any, is intact") from None
     finally:
         if tmp.exists():
             tmp.unlink()

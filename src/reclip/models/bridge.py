@@ -204,21 +204,22 @@ def _imagenet_text_embeddings(text: nn.Module) -> torch.Tensor:
 
 def _load_or_fit_bridge(classifier: torch.Tensor, text: nn.Module, key: str) -> torch.Tensor:
     """``W`` from the on-disk cache, or fitted (a few seconds on CPU) and cached atomically."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
     path = bridge_cache_dir() / f"W-{key[:32]}.safetensors"
     if path.is_file():
         try:
-            bridge = load_file(str(path))["bridge"]
-            if tuple(bridge.shape) == (FEATURE_DIM, EMBED_DIM):
-                return bridge
-        except Exception:  # a damaged cache file is refitted and overwritten below
-            pass
+            bridge = load_file(str(path)).get("bridge")
+        except (SafetensorError, OSError):  # a damaged cache file is refitted and overwritten below
+            bridge = None
+        if bridge is not None and tuple(bridge.shape) == (FEATURE_DIM, EMBED_DIM):
+            return bridge
     bridge = fit_bridge(classifier, _imagenet_text_embeddings(text))
     try:
         with atomic_path(path) as tmp:
             save_file({"bridge": bridge.contiguous()}, str(tmp), metadata={"recipe": BRIDGE_RECIPE})
-    except OSError as exc:
+    except ReclipError as exc:
         warnings.warn(f"could not cache the bridge map in {path.parent} ({exc}); it will be "
                       "refitted on the next build", RuntimeWarning, stacklevel=2)
     return bridge
