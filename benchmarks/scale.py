@@ -6,8 +6,9 @@
                                                #   propagation at N = 1,000,000, C = 1,000
 
 Results go to benchmarks/results/scale.json (merged: a CPU run keeps earlier GPU numbers).
-The CPU part runs the real command line (``reclip zeroshot`` and one ``reclip adapt`` epoch)
-with ``torchrun --nproc_per_node=1|2`` and reads images/s from their metrics.json.
+The CPU part runs ``reclip.ReCLIP.fit`` (zero-shot, then one ReCLIP epoch) in this script's
+``--child`` mode under ``torchrun --nproc_per_node=1|2`` and reads images/s from the
+metrics.json each run writes.
 """
 from __future__ import annotations
 
@@ -50,12 +51,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_cli(nproc: int, args: list[str], env: dict) -> float:
+def run_distributed(nproc: int, mode: str, data: Path, out: str, env: dict) -> float:
+    """Wall seconds of ``child(mode, data, out)`` on ``nproc`` torchrun processes."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", "-m", "reclip", *args]
+           f"--master_port={free_port()}", __file__, "--child", mode, str(data), out]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     return time.perf_counter() - start
+
+
+def child(mode: str, data: str, out: str) -> None:
+    """One library run on the tiny model, as one torchrun rank (rank 0 writes ``out``)."""
+    import reclip
+    from reclip import distributed
+
+    device = distributed.init(None)
+    try:
+        model = reclip.load_model("tiny", device=device)
+        dataset = reclip.load_dataset(data, transform=model.preprocess)
+        config = reclip.ReclipConfig(mode=mode, epochs=1, workers=0, cache=False)
+        reclip.ReCLIP(model, config).fit(dataset, out=out)
+    finally:
+        distributed.close()
 
 
 def cpu_part(n: int) -> dict:
@@ -67,10 +84,9 @@ def cpu_part(n: int) -> dict:
             threads = max(1, (os.cpu_count() or 2) // nproc)
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "RECLIP_CACHE": f"{tmp}/cache{nproc}",
                    "PYTHONWARNINGS": "ignore"}
-            common = ["--model", "tiny", "--dataset", str(data), "--workers", "0", "--no-cache"]
-            zs_wall = run_cli(nproc, ["zeroshot", *common, "--out", f"{tmp}/zs{nproc}"], env)
+            zs_wall = run_distributed(nproc, "zero-shot", data, f"{tmp}/zs{nproc}", env)
             zs = json.loads(Path(f"{tmp}/zs{nproc}/metrics.json").read_text())
-            ad_wall = run_cli(nproc, ["adapt", *common, "--epochs", "1", "--out", f"{tmp}/ad{nproc}"], env)
+            ad_wall = run_distributed(nproc, "reclip", data, f"{tmp}/ad{nproc}", env)
             ad = json.loads(Path(f"{tmp}/ad{nproc}/metrics.json").read_text())
             epoch = ad["epochs"][0]
             out[f"{nproc}_process"] = {
@@ -155,7 +171,11 @@ def main() -> None:
     p.add_argument("--cpu-images", type=int, default=400)
     p.add_argument("--gpu-images", type=int, default=8192)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--child", nargs=3, metavar=("MODE", "DATA", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        child(*args.child)
+        return
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     results["date"] = time.strftime("%Y-%m-%d")
     if not args.skip_cpu:
