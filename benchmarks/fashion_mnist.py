@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from reclip.io import write_json
@@ -62,8 +63,8 @@ def main() -> None:
         cache = os.environ.get("RECLIP_CACHE", f"{tmp}/cache")
         for mode in args.modes:
             start = time.perf_counter()
-            with spawn.Pool(1) as pool:
-                row = pool.apply(run_mode, (MODES[mode], args.n, args.split, args.data_root, cache))
+            with ProcessPoolExecutor(1, mp_context=spawn) as pool:  # a fresh process per mode
+                row = pool.submit(run_mode, MODES[mode], args.n, args.split, args.data_root, cache).result()
             runs[mode] = {"date": time.strftime("%Y-%m-%d %H:%M"), "settings": MODES[mode], **row,
                           "wall_seconds": round(time.perf_counter() - start, 1)}
             print(mode, {k: runs[mode][k] for k in (*KEYS, "seconds")}, flush=True)
