@@ -75,6 +75,23 @@ def test_v_tower_frozen_trains_no_image_norm_but_v_still_follows_its_centroids(d
     assert not torch.allclose(frozen_v.adapter.v_classifier, frozen_v.adapter.t_classifier, atol=1e-3)
 
 
+def test_v_tower_auto_trains_a_contrastive_model_and_freezes_the_others(domain, monkeypatch):
+    config = reclip.ReclipConfig()
+    assert config.v_tower == "auto"
+    assert config.for_model(contrastive=True).v_tower == "train"
+    assert config.for_model(contrastive=False).v_tower == "frozen"
+    assert reclip.ReclipConfig(v_tower="train").for_model(contrastive=False).v_tower == "train"
+    with pytest.raises(reclip.ConfigError, match="v_tower"):
+        config.trains_v
+    _, _, trained = run_library(domain, "reclip", epochs=1)
+    assert trained.metrics["config"]["v_tower"] == "train" and trained.adapter.image_norms
+    model = reclip.load_model("tiny", device="cpu")
+    monkeypatch.setattr(model, "contrastive", False)
+    dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
+    result = reclip.ReCLIP(model, epochs=1, k=10, workers=0, cache=False).fit(dataset, TEMPLATES)
+    assert result.metrics["config"]["v_tower"] == "frozen" and result.adapter.image_norms == {}
+
+
 def test_self_training_improves_on_zero_shot(domain):
     _, _, result = run_library(domain, "reclip", epochs=4)
     history = result.history

@@ -10,7 +10,8 @@ Public API (imported lazily so ``import reclip`` stays fast):
 - ``Adapter.load(path).apply(model)`` -> ``AdaptedModel`` (``predict(dataset)`` -> ``Predictions``)
 - ``label_propagation(image_features, class_embeddings, ...)`` -> ``PropagationResult``;
   ``projection(class_embeddings, cut_dim=None)``; ``transclip(image_features, classifier=...)``
-- ``Callback`` (hooks into ``fit``), ``ReclipError`` (every error a user can fix)
+- ``Callback`` (hooks into ``fit``), ``ReclipError`` (every error a user can fix) and its
+  subclass ``ConfigError`` (a bad setting; ``param`` names it)
 
 The method, step by step, is in docs/method.md.
 """
@@ -30,6 +31,7 @@ _EXPORTS = {
     "ReCLIP": "reclip.method.run",
     "ReclipResult": "reclip.method.run",
     "ReclipConfig": "reclip.method.config",
+    "ConfigError": "reclip.method.config",
     "Predictions": "reclip.predictions",
     "Callback": "reclip.callbacks",
     "label_propagation": "reclip.method.propagation",

@@ -39,6 +39,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "v-only": {"mode": "v-only"},
     "t-only": {"mode": "t-only"},
     "reclip-v-frozen": {"mode": "reclip", "v_tower": "frozen"},
+    "reclip-v-train": {"mode": "reclip", "v_tower": "train"},
     "reclip-v-text": {"mode": "reclip", "v_graph": "text"},
 }
 DEFAULT_METHODS = ("zero-shot", "transductive", "transclip", "reclip")

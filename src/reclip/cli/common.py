@@ -77,8 +77,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                    help="V's label-propagation class nodes: text (the original text embeddings, as the authors' "
                         "code; default) or centroids (V's current classifier)")
     g.add_argument("--v-tower", choices=CHOICES["v_tower"], default=d.v_tower,
-                   help="train (V trains its image tower's norm affines, default) or frozen (V's classifier "
-                        "still follows its label-propagation centroids)")
+                   help="train (V trains its image tower's norm affines), frozen (V's classifier still follows "
+                        "its label-propagation centroids) or auto (default: train for CLIP-family models, frozen "
+                        "for the bridge, whose towers were trained apart)")
     g.add_argument("--t-template", default=None,
                    help="the template ReCLIP-T trains and classifies with (default: the first template)")
     g.add_argument("--no-project", dest="project", action="store_false",

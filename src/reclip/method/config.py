@@ -7,7 +7,7 @@ turns the parameter name into its flag.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ..errors import ReclipError
@@ -18,7 +18,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "mode": MODES,
     "v_loss": ("reference", "mean"),
     "v_graph": ("centroids", "text"),
-    "v_tower": ("train", "frozen"),
+    "v_tower": ("auto", "train", "frozen"),
     "knn": ("exact", "approx"),
     "knn_backend": (None, "torch", "faiss"),
     "pseudo_labels": ("propagated", "zero-shot"),
@@ -53,8 +53,10 @@ class ReclipConfig:
     v_loss: ``reference`` (the authors' mean(CE*mask)/sum(mask)) or ``mean`` (masked mean).
     v_graph: V's class nodes: ``centroids`` (its current classifier) or ``text`` (the original
       text embeddings, as the authors' code).
-    v_tower: ``train`` (V trains its image tower's norm affines) or ``frozen`` (V's classifier
-      still follows its label-propagation centroids; the tower does not train).
+    v_tower: ``train`` (V trains its image tower's norm affines), ``frozen`` (V's classifier
+      still follows its label-propagation centroids; the tower does not train) or ``auto``:
+      ``train`` for a contrastively trained CLIP-family model, ``frozen`` for a model whose
+      towers were trained apart (the bridge); ``for_model`` resolves it.
     t_template: the template ReCLIP-T trains and classifies with; None: the first template.
     project, agreement_filter, pseudo_labels: ablations of the paper's analysis. ``project=False``
       builds the label-propagation graph on unprojected features; ``agreement_filter=False``
@@ -84,7 +86,7 @@ class ReclipConfig:
     knn_backend: str | None = None
     v_loss: str = "reference"
     v_graph: str = "text"
-    v_tower: str = "train"
+    v_tower: str = "auto"
     t_template: str | None = None
     project: bool = True
     agreement_filter: bool = True
@@ -122,6 +124,13 @@ class ReclipConfig:
                                             f"got {self.t_template!r}")
 
     # --- derived settings --------------------------------------------------------------
+    def for_model(self, contrastive: bool) -> "ReclipConfig":
+        """This config with ``v_tower="auto"`` resolved for a model whose towers were trained
+        together contrastively (``contrastive``, the CLIP family: ``train``) or not (``frozen``)."""
+        if self.v_tower != "auto":
+            return self
+        return replace(self, v_tower="train" if contrastive else "frozen")
+
     def num_epochs(self, n: int) -> int:
         """Training epochs for ``n`` images."""
         return self.epochs if self.epochs is not None else min(self.epoch_max, n // 5000 + 2)
@@ -145,7 +154,9 @@ class ReclipConfig:
 
     @property
     def trains_v(self) -> bool:
-        """ReCLIP-V's image-tower norm affines train."""
+        """ReCLIP-V's image-tower norm affines train (``v_tower`` resolved by ``for_model``)."""
+        if self.v_tower == "auto":
+            raise ConfigError("v_tower", "is 'auto': resolve it with for_model(model.contrastive) first")
         return self.uses_v and self.v_tower == "train"
 
     @property

@@ -123,7 +123,8 @@ class ReCLIP:
         pristine = snapshot(norms)
         with folder:
             try:
-                result = _Run(self.model, self.config, dataset, templates, callbacks).execute(
+                config = self.config.for_model(self.model.contrastive)
+                result = _Run(self.model, config, dataset, templates, callbacks).execute(
                     Path(out) if out is not None else None, resume)
             finally:
                 load_into(norms, pristine, "model")

@@ -56,6 +56,9 @@ class DualEncoder:
     # ``image_trunk`` and ``image_head`` and fits the statistics with ``fit_target`` on the
     # trunk outputs of all target images, so calibration costs no extra pass.
     needs_calibration: bool = False
+    # True when the two towers were trained together by a contrastive image-text loss (the
+    # CLIP family); ReclipConfig(v_tower="auto") then trains V's image tower.
+    contrastive: bool = True
 
     # --- implemented by each backend -------------------------------------------------
     def tokenize(self, texts: list[str]) -> Any:

@@ -101,6 +101,7 @@ class BridgeDualEncoder(DualEncoder):
     """
 
     needs_calibration = True
+    contrastive = False  # two separately trained towers joined by a fitted linear map
 
     def __init__(self, image: nn.Module, text: nn.Module, bridge: torch.Tensor) -> None:
         """``bridge`` is ``W`` (1280 x 384)."""
