@@ -14,7 +14,10 @@ classes, and ``w_ij = f_i . f_j`` for the k nearest neighbours j of i (0 elsewhe
 Block majorize-minimize runs, per outer iteration,
 
 1. ``z_steps`` assignment updates, each decoupled over images (the Laplacian term is
-   linearised at the current z):
+   linearised at the current z; the update uses ``sum_j w_ij z_j``, the z-update as we read
+   the paper, where the exact linearisation of the term above is ``sum_j (w_ij + w_ji) z_j``:
+   the two differ by a factor 2 where ``w`` is symmetric and slightly more where the k-NN
+   ``w`` is not):
    ``z_i <- softmax(lambda log y_i + log p_i + sum_j w_ij z_j)``;
 2. the means ``mu_k = sum_i z_ik f_i / sum_i z_ik``;
 3. the shared diagonal ``Sigma_dd = 1/N sum_i sum_k z_ik (f_id - mu_kd)^2``.
@@ -22,7 +25,9 @@ Block majorize-minimize runs, per outer iteration,
 Start: z = y; each mean is the average of the ``init_confident`` images the zero-shot
 classifier is most confident about for that class; Sigma = I / D. The defaults (k = 3
 neighbours, lambda = 1, 10 outer iterations of 5 z-steps, 8 images per initial mean) are
-the paper's zero-shot settings.
+our reading of the paper's zero-shot settings: its full text could not be opened offline to
+check them (a third-party wrapper of the authors' code lists the same k, lambda and outer
+iteration count; the 5 z-steps and the 8-image start are unverified).
 
 Memory is O(N (C + D) + N k): the Mahalanobis terms are one N x D by D x C product, the
 graph is a sparse N x N matrix with N k entries (built by :func:`reclip.method.knn.knn_search`).
