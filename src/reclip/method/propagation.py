@@ -42,9 +42,10 @@ ArrayLike = torch.Tensor | np.ndarray
 
 #: A projected node whose norm is at most this fraction of its input norm is a zero node.
 ZERO_NORM_RTOL = 1e-6
-#: Most class columns solved together, and the memory the CG work arrays may use.
-MAX_CG_BLOCK = 256
-CG_WORKSPACE_BYTES = 1 << 30
+#: Most class columns solved together, and the memory the CG work arrays may use (wide
+#: blocks amortise the sparse matrix's index reads over more columns).
+MAX_CG_BLOCK = 1024
+CG_WORKSPACE_BYTES = 2 << 30
 #: CPU solves whose (n x block) arrays are at most this size run on one thread, like
 #: the small SVD of the projection: they gain nothing from more threads, and on a busy
 #: machine every parallel region can cost milliseconds of waiting (measured on 2
