@@ -8,29 +8,37 @@ come first).
 Methods:
 
 - ``"exact"``: blocked ``torch`` matmul + top-k (block size from free memory; on the
-  GPU for CUDA tensors) or FAISS ``IndexFlatIP``.
+  GPU for CUDA tensors) or FAISS ``IndexFlatIP``. Searching all points, torch computes
+  each inner product once (:func:`self_search`: half the FLOPs).
 - ``"approx"``: an inverted file (IVF) with about ``4 sqrt(n)`` lists whose centroids
   come from spherical k-means by torch matmul. Each query scans the ``nprobe`` lists
   nearest to it, either by torch (``"torch"``: the queries probing a list are searched
   together by one matmul + top-k per list) or by FAISS ``IndexIVFFlat`` on the same
   lists (``"faiss"``: FAISS's per-query scan). ``nprobe`` is calibrated on a seeded
-  sample of queries: the smallest value whose recall reaches ``RECALL_TARGET`` plus
-  ``CALIBRATION_MARGIN``. If that takes more than ``IVF_MAX_PROBE_FRACTION`` of the
+  sample of queries drawn independently of the k-means training points (training
+  points sit closer to their centroids, so they overstate the recall): the smallest
+  value whose recall reaches ``RECALL_TARGET`` plus ``CALIBRATION_MARGIN``. The recall
+  reported is measured on a second, independent sample (see :func:`neighbour_recall`);
+  when it falls short of ``RECALL_TARGET``, all points are searched again with
+  ``IVF_STEP_UP`` times the nprobe and the recall measured on a fresh sample (at most
+  ``IVF_ATTEMPTS`` searches). If nprobe would exceed ``IVF_MAX_PROBE_FRACTION`` of the
   lists (e.g. few points per class), exact search is used instead, with a warning in
-  the log. The recall reported is measured on a second, independent sample (see
-  :func:`neighbour_recall`).
+  the log.
 
 Backends: ``backend=None`` picks, per process, whichever of torch and FAISS is faster
 on the data at hand: both search the same seeded sample of ``PROBE_FRACTION`` of the
 queries (at least ``PROBE_MIN_QUERIES``), the faster one keeps its results and
-searches the rest, and its name is cached for that method and data shape. On CUDA
-tensors or without FAISS, torch runs without a probe. ``backend="torch"`` or
-``"faiss"`` forces one.
+searches the rest, and its name is cached for that method and data shape (exact torch
+search of the rest runs :func:`self_search` on all points, so its probe, timed per
+query, overstates its cost). On CUDA tensors or without FAISS, torch runs without a
+probe. ``backend="torch"`` or ``"faiss"`` forces one.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -63,6 +71,9 @@ IVF_MAX_PROBE_FRACTION = 0.25
 #: Recall the nprobe calibration aims for, and the margin added on the calibration sample.
 RECALL_TARGET = 0.95
 CALIBRATION_MARGIN = 0.015
+#: Most IVF searches of all points; each next one probes IVF_STEP_UP times as many lists.
+IVF_ATTEMPTS = 3
+IVF_STEP_UP = 1.5
 
 #: Queries per reported recall sample and per calibration sample (per-query recall varies
 #: a lot on clustered data: 1,000 calibration queries picked nprobe 10 or 13 by seed).
@@ -71,6 +82,9 @@ CALIBRATION_SAMPLE = 2000
 RECALL_SEED = 0
 CALIBRATION_SEED = 1
 PROBE_SEED = 2
+KMEANS_SEED = 3
+#: Seed of the recall sample after each IVF step-up (RECALL_SEED + STEP_UP_SEED_STRIDE * attempt).
+STEP_UP_SEED_STRIDE = 10
 #: Share of the queries both backends search when choosing one, at least PROBE_MIN_QUERIES:
 #: FAISS's flat search is up to 3x slower per query in batches of a few hundred queries
 #: than in batches of thousands, so smaller probes would misjudge it.
@@ -84,6 +98,14 @@ PROBE_WARMUP_QUERIES = 8
 _CPU_BLOCK_ELEMENTS = 1 << 26
 _CUDA_BLOCK_ELEMENTS = 1 << 28
 _FREE_MEMORY_SHARE = 0.25
+#: Largest strip of :func:`self_search`, in elements (1 GiB): ranking a strip's columns
+#: has a fixed cost per column, so strips should be tall.
+_SELF_BLOCK_ELEMENTS = 1 << 28
+#: Rows per group whose column maxima :func:`_top_of_columns` ranks first.
+_COLUMN_GROUP = 16
+#: Candidate sets a row of :func:`self_search` collects from earlier strips before they
+#: are merged into one (bounds their memory to about n x width x this).
+_MAX_PENDING = 8
 #: Bytes of the per-chunk candidate buffer of the torch IVF search.
 _IVF_BUFFER_BYTES = 1 << 30
 
@@ -139,12 +161,9 @@ def knn_search(x: torch.Tensor, k: int, method: str = "exact", backend: str | No
         name, (idx, sims), probe = _fastest(_exact_searchers(x, k + 1, backend), ("exact", x, k + 1))
         idx, sims = _drop_self(idx, sims, torch.arange(n), k)
         return Neighbours(idx, sims, None, "faiss-flat" if name == "faiss" else "torch", probe)
-    found, name, probe = _ivf_search(x, k + 1, backend)
-    idx, sims = _drop_self(*found, torch.arange(n), k)
+    (idx, sims), name, probe, recall = _ivf_search(x, k, backend)
     logger.info("approximate k-NN search (%s) on %d points (d=%d): %.2fs",
                 name, n, x.shape[1], time.perf_counter() - start)
-    recall = neighbour_recall(x, idx)
-    logger.info("approximate k-NN recall@%d on %d sampled queries: %.4f", k, min(RECALL_SAMPLE, n), recall)
     return Neighbours(idx, sims, recall, name, probe)
 
 
@@ -178,6 +197,75 @@ def exact_search(queries: torch.Tensor, database: torch.Tensor, k: int) -> Resul
     idx = torch.cat([p.indices for p in parts]).cpu()
     sims = torch.cat([p.values for p in parts]).cpu()
     return idx, sims
+
+
+def self_search(x: torch.Tensor, width: int) -> Result:
+    """Exact top-``width`` of every row of ``x`` among all rows of ``x`` (self included).
+
+    Computes each inner product once, half the FLOPs of ``exact_search(x, x, width)``:
+    the block of b rows starting at s is multiplied with ``x[s:]``, a (b x (n - s))
+    strip of the upper triangle of ``x x^T``. The strip's rows give the block its
+    top-``width`` over columns s and later, merged with the candidates earlier strips
+    gave it; the strip's later columns give every later row its top-``width`` among
+    the b rows (see :func:`_top_of_columns`). Memory: the strip, sized by
+    :func:`_block_rows`, plus at most ``_MAX_PENDING + 1`` candidate sets per row.
+
+    Args:
+        x: (n x d) float32, CPU or CUDA; width: 1 <= width <= n.
+
+    Returns:
+        (indices, similarities): (n x width) int64 and float32 CPU tensors, best first.
+    """
+    n = x.shape[0]
+    rows = min(n, max(_COLUMN_GROUP, _block_rows(x, _SELF_BLOCK_ELEMENTS) // _COLUMN_GROUP * _COLUMN_GROUP))
+    starts = range(0, n, rows)
+    strip = x.new_empty(rows * n)
+    pending: list[list[Result]] = [[] for _ in starts]
+    parts = []
+    for block, start in enumerate(starts):
+        height = min(rows, n - start)
+        sims = torch.mm(x[start : start + height], x[start:].T, out=strip[: height * (n - start)].view(height, -1))
+        if start + height < n:
+            idx, values = _top_of_columns(sims[:, height:], width)
+            for later, (part_idx, part_values) in enumerate(zip(idx.split(rows), values.split(rows)), block + 1):
+                pending[later].append((part_idx + start, part_values))
+                if len(pending[later]) > _MAX_PENDING:
+                    pending[later] = [_merge(pending[later], width)]
+        top = torch.topk(sims, min(width, n - start), dim=1)
+        parts.append(_merge([*pending[block], (top.indices + start, top.values)], width))
+        pending[block] = []
+    return torch.cat([p[0] for p in parts]).cpu(), torch.cat([p[1] for p in parts]).cpu()
+
+
+def _top_of_columns(sims: torch.Tensor, width: int) -> Result:
+    """Top-``width`` of every column of ``sims`` (b x w, b a multiple of ``_COLUMN_GROUP``).
+
+    Returns (w x min(width, b)) row ids and values, best first.
+
+    ``torch.topk`` along the columns, or on a transposed copy, costs about as much as
+    the matmul the symmetric search saves. Instead, the rows are grouped by
+    ``_COLUMN_GROUP`` and each group's column maximum taken (a fast vectorised pass):
+    the top ``width`` of a column lie in its ``width`` groups with the largest maxima,
+    so only those groups' entries are gathered and ranked. With at most ``width``
+    groups, the columns are ranked directly.
+    """
+    height, columns = sims.shape
+    if height // _COLUMN_GROUP <= width:
+        top = torch.topk(sims.T.contiguous(), min(width, height), dim=1)
+        return top.indices, top.values
+    maxima = sims.view(-1, _COLUMN_GROUP, columns).amax(1).T.contiguous()
+    groups = torch.topk(maxima, width, dim=1, sorted=False).indices
+    rows = (groups[:, :, None] * _COLUMN_GROUP + torch.arange(_COLUMN_GROUP, device=sims.device)).flatten(1)
+    top = torch.topk(sims.T.gather(1, rows), width, dim=1)
+    return rows.gather(1, top.indices), top.values
+
+
+def _merge(found: list[Result], width: int) -> Result:
+    """Best ``width`` (or fewer, if fewer given) of m rows' candidate sets, each (m x w_i), best first."""
+    idx = torch.cat([indices for indices, _ in found], dim=1)
+    sims = torch.cat([similarities for _, similarities in found], dim=1)
+    top = torch.topk(sims, min(width, sims.shape[1]), dim=1)
+    return idx.gather(1, top.indices), top.values
 
 
 def neighbour_recall(x: torch.Tensor, indices: torch.Tensor, seed: int = RECALL_SEED) -> float:
@@ -253,6 +341,9 @@ def _exact_searchers(x: torch.Tensor, width: int, backend: str | None) -> dict[s
     """Exact searchers of query ids (rows of ``x``) against all of ``x``, top-``width`` each."""
 
     def with_torch(ids: torch.Tensor) -> Result:
+        if 2 * len(ids) > x.shape[0]:  # most rows: search all of them, each pair once
+            idx, sims = self_search(x, width)
+            return idx[ids], sims[ids]
         return exact_search(x[ids.to(x.device)], x, width)
 
     index: list = []  # the FAISS index, built on first use
@@ -286,38 +377,69 @@ class _InvertedFile:
     points: torch.Tensor
 
 
-def _ivf_search(x: torch.Tensor, width: int, backend: str | None) -> tuple[Result, str, dict[str, float]]:
-    """Approximate top-``width`` of every row of ``x`` among the rows of ``x`` (self included).
+def _ivf_search(x: torch.Tensor, k: int, backend: str | None) -> tuple[Result, str, dict[str, float], float]:
+    """Approximate k nearest neighbours of every row of ``x`` among the rows of ``x``, self excluded.
+
+    Searches with the nprobe the calibration gives, measures the recall on a seeded
+    sample and, while it falls short of ``RECALL_TARGET``, searches again with
+    ``IVF_STEP_UP`` times the nprobe (recall measured on a fresh sample each time), at
+    most ``IVF_ATTEMPTS`` times; exact search when nprobe would exceed
+    ``IVF_MAX_PROBE_FRACTION`` of the lists.
 
     Returns:
-        ((indices, similarities) as (n x width) CPU tensors, backend name, probe seconds).
+        ((indices, similarities) as (n x k) CPU tensors, backend name, probe seconds,
+        recall measured on the last sample).
     """
     n = x.shape[0]
     num_lists = max(1, min(round(IVF_LISTS_PER_SQRT_N * n**0.5), n // 39))
     centroids = _kmeans(x, num_lists)
-    nprobe = _calibrate_nprobe(x, centroids, width - 1)
-    if nprobe is None:
-        logger.warning("IVF cannot reach recall %.2f probing <= %.0f%% of its lists; using exact search",
-                       RECALL_TARGET, 100 * IVF_MAX_PROBE_FRACTION)
-        name, found, probe = _fastest(_exact_searchers(x, width, backend), ("exact", x, width))
-        return found, f"{'faiss-flat' if name == 'faiss' else 'torch'} (ivf fallback)", probe
-    probes = _nearest_lists(x, centroids, nprobe)
-    ivf = _inverted_file(x, centroids, probes[:, 0].contiguous())
-    searchers = {
-        "torch": lambda ids: _ivf_torch_search(x, ivf, probes, ids, width),
-        "faiss": _ivf_faiss_searcher(x, ivf, probes, width),
-    }
-    name, found, probe = _fastest(
-        {b: searchers[b] for b in _candidates(x, backend)}, (f"approx nprobe={nprobe}", x, width)
-    )
-    return found, f"{name}-ivf nprobe={nprobe}/{num_lists}", probe
+    curve = _calibration_curve(x, centroids, k)
+    nprobe = int(torch.searchsorted(curve, RECALL_TARGET + CALIBRATION_MARGIN))
+    ivf = None
+    for attempt in range(IVF_ATTEMPTS):
+        if nprobe > max(1, int(IVF_MAX_PROBE_FRACTION * num_lists)):
+            return _ivf_fallback(x, k, backend)
+        logger.info("IVF nprobe=%d/%d: calibration recall %.4f", nprobe, num_lists, float(curve[min(nprobe, num_lists)]))
+        probes = _nearest_lists(x, centroids, nprobe)
+        ivf = ivf or _inverted_file(x, centroids, probes[:, 0].contiguous())
+        searchers = {
+            "torch": functools.partial(_ivf_torch_search, x, ivf, probes, width=k + 1),
+            "faiss": _ivf_faiss_searcher(x, ivf, probes, k + 1),
+        }
+        name, found, probe = _fastest(
+            {b: searchers[b] for b in _candidates(x, backend)}, (f"approx nprobe={nprobe}", x, k + 1)
+        )
+        idx, sims = _drop_self(*found, torch.arange(n), k)
+        recall = _logged_recall(x, idx, RECALL_SEED + STEP_UP_SEED_STRIDE * attempt)
+        if recall >= RECALL_TARGET or attempt + 1 == IVF_ATTEMPTS:
+            break
+        logger.warning("IVF recall %.4f < %.2f at nprobe=%d; raising nprobe", recall, RECALL_TARGET, nprobe)
+        nprobe = math.ceil(IVF_STEP_UP * nprobe)
+    return (idx, sims), f"{name}-ivf nprobe={nprobe}/{num_lists}", probe, recall
+
+
+def _ivf_fallback(x: torch.Tensor, k: int, backend: str | None) -> tuple[Result, str, dict[str, float], float]:
+    """Exact search in place of IVF, logged as a warning; same return value as :func:`_ivf_search`."""
+    logger.warning("IVF cannot reach recall %.2f probing <= %.0f%% of its lists; using exact search",
+                   RECALL_TARGET, 100 * IVF_MAX_PROBE_FRACTION)
+    name, found, probe = _fastest(_exact_searchers(x, k + 1, backend), ("exact", x, k + 1))
+    idx, sims = _drop_self(*found, torch.arange(x.shape[0]), k)
+    recall = _logged_recall(x, idx, RECALL_SEED)
+    return (idx, sims), f"{'faiss-flat' if name == 'faiss' else 'torch'} (ivf fallback)", probe, recall
+
+
+def _logged_recall(x: torch.Tensor, indices: torch.Tensor, seed: int) -> float:
+    """:func:`neighbour_recall` of (n x k) ``indices`` on the sample drawn with ``seed``, logged."""
+    recall = neighbour_recall(x, indices, seed)
+    logger.info("approximate k-NN recall@%d on %d sampled queries: %.4f",
+                indices.shape[1], min(RECALL_SAMPLE, x.shape[0]), recall)
+    return recall
 
 
 def _kmeans(x: torch.Tensor, num_lists: int) -> torch.Tensor:
     """(L x d) unit centroids: spherical k-means, ``KMEANS_ITERATIONS`` on a seeded sample of ``x``."""
     n = x.shape[0]
-    generator = torch.Generator().manual_seed(CALIBRATION_SEED)
-    train = x[torch.randperm(n, generator=generator)[: num_lists * IVF_TRAIN_POINTS_PER_LIST].to(x.device)]
+    train = x[_sample(n, num_lists * IVF_TRAIN_POINTS_PER_LIST, KMEANS_SEED).to(x.device)]
     centroids = train[:num_lists].clone()
     for _ in range(KMEANS_ITERATIONS):
         assignment = _nearest_lists(train, centroids, 1).squeeze(1)
@@ -342,14 +464,12 @@ def _nearest_lists(points: torch.Tensor, centroids: torch.Tensor, count: int) ->
     return torch.cat([torch.topk(block @ centroids.T, count, dim=1).indices for block in points.split(rows)])
 
 
-def _calibrate_nprobe(x: torch.Tensor, centroids: torch.Tensor, k: int) -> int | None:
-    """Smallest nprobe reaching ``RECALL_TARGET + CALIBRATION_MARGIN`` on the calibration sample.
+def _calibration_curve(x: torch.Tensor, centroids: torch.Tensor, k: int) -> torch.Tensor:
+    """(L + 1,) recall@k of IVF search at every nprobe 0..L, on the calibration sample.
 
     A query's exact neighbour is found at nprobe p when its list is among the query's
-    p nearest lists, so one exact search of the sample gives the recall of every p.
-
-    Returns:
-        nprobe, or None when it would exceed ``IVF_MAX_PROBE_FRACTION`` of the lists.
+    p nearest lists (every probed list is scanned exactly), so one exact search of the
+    sample gives the recall IVF search of the sample has at every p.
     """
     num_lists = centroids.shape[0]
     sample = _sample(x.shape[0], CALIBRATION_SAMPLE, CALIBRATION_SEED)
@@ -359,10 +479,7 @@ def _calibrate_nprobe(x: torch.Tensor, centroids: torch.Tensor, k: int) -> int |
     rank_of_list = torch.empty_like(ranking).scatter_(1, ranking, torch.arange(num_lists).expand_as(ranking))
     lists = _nearest_lists(x[true.flatten().to(x.device)], centroids, 1).cpu().view_as(true)
     needed = rank_of_list.gather(1, lists) + 1  # (s x k) nprobe that finds each exact neighbour
-    recall = torch.bincount(needed.flatten(), minlength=num_lists + 1).cumsum(0) / needed.numel()
-    nprobe = int(torch.searchsorted(recall, RECALL_TARGET + CALIBRATION_MARGIN))
-    logger.info("IVF nprobe=%d/%d: calibration recall %.4f", nprobe, num_lists, float(recall[min(nprobe, num_lists)]))
-    return nprobe if nprobe <= max(1, int(IVF_MAX_PROBE_FRACTION * num_lists)) else None
+    return torch.bincount(needed.flatten(), minlength=num_lists + 1).cumsum(0) / needed.numel()
 
 
 def _ivf_torch_search(x: torch.Tensor, ivf: _InvertedFile, probes: torch.Tensor, ids: torch.Tensor, width: int) -> Result:
@@ -447,14 +564,18 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _block_rows(database: torch.Tensor) -> int:
-    """Query rows per similarity block against ``database`` (n x d), from free memory."""
+def _block_rows(database: torch.Tensor, cap: int | None = None) -> int:
+    """Query rows per similarity block against ``database`` (n x d), from free memory.
+
+    ``cap``: most elements per block (default ``_CPU_BLOCK_ELEMENTS``, or
+    ``_CUDA_BLOCK_ELEMENTS`` on CUDA).
+    """
     if database.is_cuda:
         free = torch.cuda.mem_get_info(database.device)[0]
-        cap = _CUDA_BLOCK_ELEMENTS
+        cap = cap or _CUDA_BLOCK_ELEMENTS
     else:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        cap = _CPU_BLOCK_ELEMENTS
+        cap = cap or _CPU_BLOCK_ELEMENTS
     elements = min(cap, int(_FREE_MEMORY_SHARE * free) // 4)
     return max(1, elements // max(1, database.shape[0]))
 
