@@ -28,10 +28,12 @@ Methods:
 Backends: ``backend=None`` picks, per process, whichever of torch and FAISS is faster
 on the data at hand: both search the same seeded sample of ``PROBE_FRACTION`` of the
 queries (at least ``PROBE_MIN_QUERIES``), the faster one keeps its results and
-searches the rest, and its name is cached for that method and data shape (exact torch
-search of the rest runs :func:`self_search` on all points, so its probe, timed per
-query, overstates its cost). On CUDA tensors or without FAISS, torch runs without a
-probe. ``backend="torch"`` or ``"faiss"`` forces one.
+searches the rest, and its name is cached for that method and data shape. Exact torch
+search of the rest runs :func:`self_search` on all points, which computes each inner
+product once for two rows: its probe does self_search's work per inner product for
+the probe queries (:func:`_strip_probe`), and half of that time is compared. On CUDA
+tensors or without FAISS, torch runs without a probe. ``backend="torch"`` or
+``"faiss"`` forces one.
 """
 from __future__ import annotations
 
@@ -92,6 +94,8 @@ PROBE_FRACTION = 0.02
 PROBE_MIN_QUERIES = 2048
 #: Queries each backend searches untimed before its probe.
 PROBE_WARMUP_QUERIES = 8
+#: Share of each exact backend's probe time compared (see :func:`_strip_probe`).
+EXACT_SHARES = {"torch": 0.5, "faiss": 1.0}
 
 #: Largest similarity block of the torch search, in elements (CPU: 256 MiB, sized to
 #: stay cache-friendly; CUDA: 1 GiB), and the share of free memory it may take.
@@ -158,7 +162,7 @@ def knn_search(x: torch.Tensor, k: int, method: str = "exact", backend: str | No
         raise ValueError(f"k must be in [1, n - 1] = [1, {n - 1}], got {k}")
     start = time.perf_counter()
     if method == "exact":
-        name, (idx, sims), probe = _fastest(_exact_searchers(x, k + 1, backend), ("exact", x, k + 1))
+        name, (idx, sims), probe = _fastest(_exact_searchers(x, k + 1, backend), ("exact", x, k + 1), EXACT_SHARES)
         idx, sims = _drop_self(idx, sims, torch.arange(n), k)
         return Neighbours(idx, sims, None, "faiss-flat" if name == "faiss" else "torch", probe)
     (idx, sims), name, probe, recall = _ivf_search(x, k, backend)
@@ -217,7 +221,7 @@ def self_search(x: torch.Tensor, width: int) -> Result:
         (indices, similarities): (n x width) int64 and float32 CPU tensors, best first.
     """
     n = x.shape[0]
-    rows = min(n, max(_COLUMN_GROUP, _block_rows(x, _SELF_BLOCK_ELEMENTS) // _COLUMN_GROUP * _COLUMN_GROUP))
+    rows = _strip_rows(x)
     starts = range(0, n, rows)
     strip = x.new_empty(rows * n)
     pending: list[list[Result]] = [[] for _ in starts]
@@ -235,6 +239,32 @@ def self_search(x: torch.Tensor, width: int) -> Result:
         parts.append(_merge([*pending[block], (top.indices + start, top.values)], width))
         pending[block] = []
     return torch.cat([p[0] for p in parts]).cpu(), torch.cat([p[1] for p in parts]).cpu()
+
+
+def _strip_rows(x: torch.Tensor) -> int:
+    """Rows per strip of :func:`self_search` on ``x`` (n x d): from free memory, a multiple of ``_COLUMN_GROUP`` below n."""
+    return min(x.shape[0], max(_COLUMN_GROUP, _block_rows(x, _SELF_BLOCK_ELEMENTS) // _COLUMN_GROUP * _COLUMN_GROUP))
+
+
+def _strip_probe(x: torch.Tensor, ids: torch.Tensor, width: int) -> Result:
+    """Exact top-``width`` of the rows ``x[ids]`` (q x d) among all rows of ``x``, doing :func:`self_search`'s work.
+
+    The queries are multiplied with all points in strips of self_search's height, and
+    each strip's columns are ranked as well (result unused), so the time per inner
+    product is self_search's; self_search computes each inner product once for two
+    rows, so half this time is its cost for these queries.
+
+    Returns:
+        (q x width) int64 and float32 CPU tensors, best first.
+    """
+    parts = []
+    for chunk in ids.to(x.device).split(_strip_rows(x)):
+        sims = x[chunk] @ x.T
+        ranked = chunk.shape[0] // _COLUMN_GROUP * _COLUMN_GROUP
+        if ranked:
+            _top_of_columns(sims[:ranked], width)
+        parts.append(torch.topk(sims, width, dim=1))
+    return torch.cat([p.indices for p in parts]).cpu(), torch.cat([p.values for p in parts]).cpu()
 
 
 def _top_of_columns(sims: torch.Tensor, width: int) -> Result:
@@ -291,15 +321,20 @@ def neighbour_recall(x: torch.Tensor, indices: torch.Tensor, seed: int = RECALL_
     return float(hits.float().mean())
 
 
-def _fastest(searchers: dict[str, Searcher], key: tuple[str, torch.Tensor, int]) -> tuple[str, Result, dict[str, float]]:
+def _fastest(
+    searchers: dict[str, Searcher], key: tuple[str, torch.Tensor, int], shares: dict[str, float] | None = None
+) -> tuple[str, Result, dict[str, float]]:
     """Search every query with the fastest of ``searchers``, probing them if needed.
 
     ``key`` is (method, points, width); the choice is cached per method, device, shape
     and width. A probe runs every searcher on the same seeded sample of queries; the
-    fastest keeps its results and searches the remaining queries.
+    fastest keeps its results and searches the remaining queries. ``shares``: the
+    share of a searcher's probe time that its search of all queries costs per query
+    (default 1).
 
     Returns:
-        (name, (indices, similarities) of all n queries, probe seconds per searcher).
+        (name, (indices, similarities) of all n queries, probe seconds per searcher,
+        times its share).
     """
     method, x, width = key
     n = x.shape[0]
@@ -314,7 +349,7 @@ def _fastest(searchers: dict[str, Searcher], key: tuple[str, torch.Tensor, int])
         search(probe[:PROBE_WARMUP_QUERIES])  # one-time costs (thread pools, index build) are not timed
         start = time.perf_counter()
         found[name] = search(probe)
-        seconds[name] = time.perf_counter() - start
+        seconds[name] = (time.perf_counter() - start) * (shares or {}).get(name, 1.0)
     name = min(seconds, key=seconds.__getitem__)
     _CHOSEN[cache_key] = name
     logger.info("%s k-NN backend probe on %d of %d queries: %s -> %s", method, len(probe), n,
@@ -338,13 +373,17 @@ def _candidates(x: torch.Tensor, backend: str | None) -> tuple[str, ...]:
 
 
 def _exact_searchers(x: torch.Tensor, width: int, backend: str | None) -> dict[str, Searcher]:
-    """Exact searchers of query ids (rows of ``x``) against all of ``x``, top-``width`` each."""
+    """Exact searchers of query ids (rows of ``x``) against all of ``x``, top-``width`` each.
+
+    Torch runs :func:`self_search` of all rows when asked for most of them, else
+    :func:`_strip_probe` (it is asked for few only when probed).
+    """
 
     def with_torch(ids: torch.Tensor) -> Result:
         if 2 * len(ids) > x.shape[0]:  # most rows: search all of them, each pair once
             idx, sims = self_search(x, width)
             return idx[ids], sims[ids]
-        return exact_search(x[ids.to(x.device)], x, width)
+        return _strip_probe(x, ids, width)
 
     index: list = []  # the FAISS index, built on first use
 
@@ -422,7 +461,7 @@ def _ivf_fallback(x: torch.Tensor, k: int, backend: str | None) -> tuple[Result,
     """Exact search in place of IVF, logged as a warning; same return value as :func:`_ivf_search`."""
     logger.warning("IVF cannot reach recall %.2f probing <= %.0f%% of its lists; using exact search",
                    RECALL_TARGET, 100 * IVF_MAX_PROBE_FRACTION)
-    name, found, probe = _fastest(_exact_searchers(x, k + 1, backend), ("exact", x, k + 1))
+    name, found, probe = _fastest(_exact_searchers(x, k + 1, backend), ("exact", x, k + 1), EXACT_SHARES)
     idx, sims = _drop_self(*found, torch.arange(x.shape[0]), k)
     recall = _logged_recall(x, idx, RECALL_SEED)
     return (idx, sims), f"{'faiss-flat' if name == 'faiss' else 'torch'} (ivf fallback)", probe, recall

@@ -78,7 +78,9 @@ class PropagationResult:
         timings: seconds per stage: ``graph`` (projection + k-NN + adjacency),
             ``knn`` (search incl. recall measurement), ``solve``, ``total``; when the
             k-NN backend was chosen by a probe in this call, also ``knn_probe_torch``
-            and ``knn_probe_faiss`` (seconds each took on the probe queries).
+            and ``knn_probe_faiss``: the seconds each took on the probe queries that
+            were compared (for exact torch search half its probe time, as its search
+            of all points computes each inner product once for two points).
     """
 
     labels: torch.Tensor
