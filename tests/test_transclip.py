@@ -1,11 +1,15 @@
 """TransCLIP-style transduction: against a dense float64 reference of its equations, and on clusters."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 
+import reclip.method.transclip as transclip_module
 from reclip.errors import ReclipError
+from reclip.method.knn import knn_search
 from reclip.method.transclip import transclip, zero_shot_probs
 
 
@@ -58,7 +62,10 @@ def noisy_zero_shot(labels: np.ndarray, num_classes: int, wrong: float, seed: in
     dict(k=3, lambda_=1.0, iterations=10, z_steps=5, init_confident=8),
     dict(k=5, lambda_=0.5, iterations=3, z_steps=2, init_confident=4),
 ])
-def test_matches_dense_reference_in_float64(options: dict) -> None:
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_matches_dense_reference_in_float64(options: dict, backend: str, monkeypatch) -> None:
+    # whichever k-NN backend finds the neighbours, the graph's weights are float64 products
+    monkeypatch.setattr(transclip_module, "knn_search", functools.partial(knn_search, backend=backend))
     feats, labels, _ = clusters(n_per_class=12, num_classes=3, dim=8, spread=0.8)
     probs = noisy_zero_shot(labels, 3, wrong=0.3)
     expected = dense_transclip(feats, probs, **options)

@@ -126,7 +126,7 @@ def transclip(
     k = min(k, num_images - 1)
 
     neighbours = knn_search(feats.float(), k, knn)
-    affinity = _sparse_affinity(neighbours.indices, neighbours.similarities, num_images).to(device, dtype)
+    affinity = _sparse_affinity(feats, neighbours.indices.to(device))
     graph_done = time.perf_counter()
 
     log_prior = lambda_ * probs.clamp(min=PROB_FLOOR).log()
@@ -177,12 +177,16 @@ def _confident_means(feats: torch.Tensor, probs: torch.Tensor, count: int) -> to
     return feats[top].mean(dim=0)
 
 
-def _sparse_affinity(indices: torch.Tensor, similarities: torch.Tensor, num_images: int) -> torch.Tensor:
-    """Sparse (N x N) ``W[i, j] = f_i . f_j`` for the k neighbours j of each i (missing ones skipped)."""
-    rows = torch.arange(num_images)[:, None].expand_as(indices)
+def _sparse_affinity(feats: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Sparse (N x N) ``W[i, j] = f_i . f_j`` for the k neighbours j of each i (N x k ``indices``,
+    missing ones -1 and skipped), the products recomputed in the features' (N x D) precision
+    whichever k-NN backend found the neighbours."""
+    num_images = feats.shape[0]
+    rows = torch.arange(num_images, device=feats.device)[:, None].expand_as(indices)
     keep = indices >= 0
-    coords = torch.stack([rows[keep], indices[keep]])
-    return torch.sparse_coo_tensor(coords, similarities[keep], (num_images, num_images),
+    rows, cols = rows[keep], indices[keep]
+    weights = (feats[rows] * feats[cols]).sum(dim=1)
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), weights, (num_images, num_images),
                                    check_invariants=True).coalesce()
 
 
