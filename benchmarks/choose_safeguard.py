@@ -1,82 +1,130 @@
-"""Choose the safeguard threshold on the dev targets (Fashion-MNIST TRAIN split), never on the
-reported ones.
+"""Study label-free signals that could predict when reclip ends below zero-shot, and choose
+the safeguard threshold, on dev targets only (Fashion-MNIST TRAIN split; never the reported ones).
 
-    python -m reclip bench --targets train-shot_noise-5 train-clean train-longtail-50 train-subset-4 \\
-        --models bridge --methods zero-shot reclip --n 1000 --out runs/dev        # with safeguard 0
-    python benchmarks/choose_safeguard.py runs/dev
+    python benchmarks/choose_safeguard.py            # DEV_TARGETS + HARD_DEV_TARGETS, 500 images each (~15 min)
 
-For each dev target it reads zero-shot's cell and the unguarded reclip run (its final T/V head
-agreement and its top-1 / mean per-class recall). A target "needs the fallback" when reclip's
-top-1 or mean per-class recall is below zero-shot's. The threshold is the midpoint between the
-highest agreement of a target that needs the fallback and the lowest agreement of one that does
-not (when the two groups separate; otherwise the value that maximises the dev mean top-1 with
-no target below zero-shot, if there is one). Writes benchmarks/results/safeguard_dev.json.
+For every dev target it runs zero-shot, label propagation and reclip with the defaults (the
+library's ``ReCLIP``; features come from the cache) and computes, without labels:
+
+- ``head_agreement``: the safeguard's signal, T's and V's heads agreeing at the end;
+- ``agree_adapted_zero_shot``: reclip's and zero-shot's predictions agreeing;
+- ``agree_propagation_zero_shot``: label propagation's and zero-shot's predictions agreeing;
+- ``agree_on_confident``: reclip agreeing with zero-shot on the 20% of images zero-shot is
+  most confident about;
+- ``marginal_entropy_change``: entropy of reclip's predicted-class histogram minus zero-shot's.
+
+The labels are read afterwards only to say which targets reclip left below zero-shot (top-1
+or mean per-class recall). For each signal: the AUROC of telling those targets apart (1 or 0:
+perfect, 0.5: no better than chance). The safeguard threshold is the head-agreement value that
+maximises the dev mean top-1 when every target below it keeps zero-shot, placed midway between
+the two dev targets' agreements it separates (0, the safeguard off, when none does better than
+keeping every adapted result). Writes
+benchmarks/results/safeguard_dev.json.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import time
 from pathlib import Path
 
-from reclip.bench import make_cells
+import torch
+
+from reclip import ReCLIP, ReclipConfig, load_model
+from reclip.bench import load_target
+from reclip.data.targets import DEV_TARGETS, HARD_DEV_TARGETS
 from reclip.io import write_json
 
 RESULTS = Path(__file__).parent / "results" / "safeguard_dev.json"
+SIGNALS = ("head_agreement", "agree_adapted_zero_shot", "agree_propagation_zero_shot", "agree_on_confident",
+           "marginal_entropy_change")
 
 
-def dev_rows(out: Path) -> list[dict]:
-    records = json.loads((out / "results.json").read_text())
-    zero = {r["dataset"]: r for r in records if r["method"] == "zero-shot"}
-    rows = []
-    for r in records:
-        if r["method"] != "reclip" or r["dataset"] not in zero:
-            continue
-        [cell] = make_cells([r["dataset"]], [r["model"] + (f"@{r['pretrained']}" if r["pretrained"] else "")],
-                            ["reclip"])
-        run = json.loads((out / "runs" / cell.key / "metrics.json").read_text())
-        adapted = run.get("final_adapted", run["final"])
-        z = zero[r["dataset"]]
-        rows.append({"target": r["dataset"], "agreement": run["safeguard"]["agreement"],
-                     "zero_shot_top1": z["acc1"], "reclip_top1": adapted["top1"],
-                     "zero_shot_recall": z["mean_per_class_recall"], "reclip_recall": adapted["mean_per_class_recall"],
-                     "needs_fallback": adapted["top1"] < z["acc1"]
-                     or adapted["mean_per_class_recall"] < z["mean_per_class_recall"]})
-    return rows
+def marginal_entropy(pred: torch.Tensor, num_classes: int) -> float:
+    """Entropy (nats) of the histogram of the (N,) predicted classes."""
+    p = torch.bincount(pred, minlength=num_classes).float() / len(pred)
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
 
 
-def choose(rows: list[dict]) -> tuple[float, str]:
-    bad = [r["agreement"] for r in rows if r["needs_fallback"]]
-    good = [r["agreement"] for r in rows if not r["needs_fallback"]]
-    if not bad:
-        return 0.0, "no dev target needs the fallback: the safeguard stays off"
-    if not good or max(bad) < min(good):
-        upper = min(good) if good else 1.0
-        return round((max(bad) + upper) / 2, 4), "the midpoint between the two groups' agreements"
+def target_row(model, name: str, n: int, seed: int) -> dict:
+    dataset = load_target(name, None, n, seed)
+    dataset.transform = model.preprocess
+    runs = {mode: ReCLIP(model, ReclipConfig(mode=mode, seed=seed)).fit(dataset)
+            for mode in ("zero-shot", "transductive", "reclip")}
+    zs, lp, rc = (runs[m].predictions for m in ("zero-shot", "transductive", "reclip"))
+    confident = zs.confidence >= zs.confidence.quantile(0.8)
+    c = len(dataset.classnames)
+    signals = {
+        "head_agreement": runs["reclip"].metrics["safeguard"]["agreement"],
+        "agree_adapted_zero_shot": float((rc.pred == zs.pred).float().mean()),
+        "agree_propagation_zero_shot": float((lp.pred == zs.pred).float().mean()),
+        "agree_on_confident": float((rc.pred == zs.pred)[confident].float().mean()),
+        "marginal_entropy_change": marginal_entropy(rc.pred, c) - marginal_entropy(zs.pred, c),
+    }
+    z, a = zs.metrics(), runs["reclip"].metrics.get("final_adapted", rc.metrics())
+    return {"target": name, **signals,
+            "zero_shot_top1": z["top1"], "reclip_top1": a["top1"], "propagation_top1": lp.metrics()["top1"],
+            "zero_shot_recall": z["mean_per_class_recall"], "reclip_recall": a["mean_per_class_recall"],
+            "below_zero_shot": a["top1"] < z["top1"] or a["mean_per_class_recall"] < z["mean_per_class_recall"]}
 
-    def dev_mean(theta: float) -> tuple[bool, float]:
-        kept = [(r["reclip_top1"], r["reclip_recall"]) if r["agreement"] >= theta else
-                (r["zero_shot_top1"], r["zero_shot_recall"]) for r in rows]
-        safe = all(k[0] >= r["zero_shot_top1"] and k[1] >= r["zero_shot_recall"] for k, r in zip(kept, rows))
-        return safe, sum(k[0] for k in kept) / len(kept)
 
-    candidates = sorted({0.0, *(r["agreement"] + 1e-4 for r in rows)})
-    best = max(candidates, key=lambda t: dev_mean(t))
-    return round(best, 4), "the groups overlap: the value with the best dev mean top-1 (safe first)"
+def auroc(rows: list[dict], signal: str) -> float | None:
+    """P(signal of a target below zero-shot < signal of one that is not), ties counted half."""
+    bad = [r[signal] for r in rows if r["below_zero_shot"]]
+    good = [r[signal] for r in rows if not r["below_zero_shot"]]
+    if not bad or not good:
+        return None
+    wins = sum((b < g) + 0.5 * (b == g) for b in bad for g in good)
+    return round(wins / (len(bad) * len(good)), 3)
+
+
+def choose_threshold(rows: list[dict]) -> tuple[float, float, int]:
+    """(threshold, dev mean top-1 with it, dev targets still below zero-shot with it)."""
+    def outcome(theta: float) -> tuple[float, int]:
+        kept = [r if r["head_agreement"] >= theta else {**r, "reclip_top1": r["zero_shot_top1"],
+                                                         "reclip_recall": r["zero_shot_recall"]} for r in rows]
+        mean = sum(k["reclip_top1"] for k in kept) / len(kept)
+        below = sum(k["reclip_top1"] < k["zero_shot_top1"] or k["reclip_recall"] < k["zero_shot_recall"] for k in kept)
+        return mean, below
+
+    values = sorted({r["head_agreement"] for r in rows})
+    # the outcome only changes at a target's agreement: try 0 and the midpoint of every gap
+    candidates = [0.0] + [round((a + b) / 2, 4) for a, b in zip(values, values[1:])]
+    best = max(candidates, key=lambda t: (round(outcome(t)[0], 6), -t))  # ties: the lower threshold
+    return best, *outcome(best)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bench", type=Path, help="the output folder of the dev bench")
+    p.add_argument("--targets", nargs="+", default=list(DEV_TARGETS + HARD_DEV_TARGETS))
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
-    rows = dev_rows(args.bench)
-    threshold, rule = choose(rows)
-    write_json(args.out, {"dev_targets": rows, "threshold": threshold, "rule": rule})
-    for r in rows:
-        print(f"{r['target']:<24} agreement {r['agreement']:.3f}  top-1 {100 * r['zero_shot_top1']:.2f} -> "
-              f"{100 * r['reclip_top1']:.2f}  recall {100 * r['zero_shot_recall']:.2f} -> "
-              f"{100 * r['reclip_recall']:.2f}  {'fallback' if r['needs_fallback'] else 'keep'}")
-    print(f"threshold {threshold} ({rule}); wrote {args.out}")
+    if any(not t.startswith("train-") for t in args.targets):
+        p.error("choose on dev targets only (names starting with train-)")
+    start = time.perf_counter()
+    model = load_model("bridge")
+    rows = []
+    for name in args.targets:
+        rows.append(target_row(model, name, args.n, args.seed))
+        r = rows[-1]
+        print(f"{name:<28} top-1 {100 * r['zero_shot_top1']:5.1f} -> {100 * r['reclip_top1']:5.1f}  "
+              + "  ".join(f"{s} {r[s]:.3f}" for s in SIGNALS) + ("  BELOW" if r["below_zero_shot"] else ""),
+              flush=True)
+    threshold, mean, below = choose_threshold(rows)
+    report = {"n": args.n, "seed": args.seed, "targets": rows,
+              "auroc": {s: auroc(rows, s) for s in SIGNALS},
+              "threshold": threshold, "dev_mean_top1_with_threshold": mean, "dev_targets_below_with_threshold": below,
+              "dev_mean_top1_without": sum(r["reclip_top1"] for r in rows) / len(rows),
+              "rule": "the head-agreement threshold with the best dev mean top-1, midway between two dev targets' "
+                      "agreements (ties: the lower one)",
+              "seconds": round(time.perf_counter() - start, 1)}
+    write_json(args.out, report)
+    print("AUROC (targets below zero-shot vs the others): "
+          + ", ".join(f"{s} {v}" for s, v in report["auroc"].items()))
+    print(f"threshold {threshold}: dev mean top-1 {100 * mean:.2f} ({below} dev targets below zero-shot); "
+          f"without: {100 * report['dev_mean_top1_without']:.2f}; wrote {args.out}")
 
 
 if __name__ == "__main__":

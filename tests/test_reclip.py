@@ -83,12 +83,12 @@ def test_v_tower_auto_trains_a_contrastive_model_and_freezes_the_others(domain, 
     assert reclip.ReclipConfig(v_tower="train").for_model(contrastive=False).v_tower == "train"
     with pytest.raises(reclip.ConfigError, match="v_tower"):
         config.trains_v
-    _, _, trained = run_library(domain, "reclip", epochs=1)
+    _, _, trained = run_library(domain, "reclip", epochs=1, safeguard=0.0)  # one epoch: the heads barely agree
     assert trained.metrics["config"]["v_tower"] == "train" and trained.adapter.image_norms
     model = reclip.load_model("tiny", device="cpu")
     monkeypatch.setattr(model, "contrastive", False)
     dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
-    result = reclip.ReCLIP(model, epochs=1, k=10, workers=0, cache=False).fit(dataset, TEMPLATES)
+    result = reclip.ReCLIP(model, epochs=1, k=10, safeguard=0.0, workers=0, cache=False).fit(dataset, TEMPLATES)
     assert result.metrics["config"]["v_tower"] == "frozen" and result.adapter.image_norms == {}
 
 

@@ -90,7 +90,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                    help="ablation: zero-shot trains on each branch's own predictions instead of propagated labels")
     g.add_argument("--safeguard", type=float, default=d.safeguard,
                    help="reclip mode: keep the zero-shot predictions when T's and V's heads agree on less than "
-                        f"this share of the images at the end (default {d.safeguard:g}: off)")
+                        f"this share of the images at the end (default {d.safeguard:g}, chosen on dev targets; 0: off)")
     g.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="reclip mode: keep the raw confidences (default: a temperature makes the mean "
                         "confidence equal the T/V head agreement)")

@@ -84,6 +84,20 @@ DEV_TARGETS: tuple[str, ...] = (
     "train-subset-4",
     "train-longtail-50",
 )
+#: More dev targets (train split) with the other ImageNet-C corruptions at severity 3-5, where
+#: adaptation is most at risk: the safeguard's signal is studied on DEV_TARGETS + these.
+HARD_DEV_TARGETS: tuple[str, ...] = (
+    "train-impulse_noise-5",
+    "train-speckle_noise-5",
+    "train-pixelate-5",
+    "train-zoom_blur-5",
+    "train-elastic_transform-5",
+    "train-snow-5",
+    "train-spatter-5",
+    "train-brightness-5",
+    "train-shot_noise-3",
+    "train-impulse_noise-3",
+)
 DEV_PREFIX = "train-"
 
 _CORRUPTION_NAME = re.compile(r"^([a-z_]+)-([1-5])$")

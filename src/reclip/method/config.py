@@ -64,7 +64,8 @@ class ReclipConfig:
       ``pseudo_labels="zero-shot"`` trains on each branch's own predictions instead of
       propagated labels.
     safeguard: in ``reclip`` mode, keep the zero-shot predictions when T's and V's heads agree on
-      less than this share of the images at the end (0 turns the safeguard off).
+      less than this share of the images at the end (0 turns the safeguard off; the default
+      was chosen on the dev targets by benchmarks/choose_safeguard.py).
     calibrate: in ``reclip`` mode, scale the final logits by a temperature that makes the mean
       confidence equal that agreement (label-free calibration).
     seed: shuffling and initialisation seed.
@@ -91,7 +92,7 @@ class ReclipConfig:
     project: bool = True
     agreement_filter: bool = True
     pseudo_labels: str = "propagated"
-    safeguard: float = 0.0
+    safeguard: float = 0.541
     calibrate: bool = True
     seed: int = 0
     workers: int | None = None
