@@ -149,6 +149,7 @@ def test_unprojected_numpy_float64_inputs(data) -> None:
 def test_blocks_of_classes_give_the_same_answer(data, monkeypatch: pytest.MonkeyPatch) -> None:
     images, classes, _ = data
     whole = label_propagation(images, classes, k=10)
+    monkeypatch.setattr(propagation_module, "MIN_CG_BLOCK", 2)
     monkeypatch.setattr(propagation_module, "MAX_CG_BLOCK", 2)
     blocked = label_propagation(images, classes, k=10)
     torch.testing.assert_close(blocked.scores, whole.scores, atol=1e-5, rtol=0)
@@ -209,6 +210,21 @@ def test_both_ivf_backends_scan_the_same_lists() -> None:
     by_torch = knn_search(nodes, 10, "approx", "torch")
     by_faiss = knn_search(nodes, 10, "approx", "faiss")
     assert by_torch.backend.split("-", 1)[1] == by_faiss.backend.split("-", 1)[1]  # same nprobe and lists
+    torch.testing.assert_close(by_torch.similarities, by_faiss.similarities, atol=1e-5, rtol=0)
+    assert (by_torch.indices == by_faiss.indices).float().mean() >= 0.999
+
+
+def test_torch_ivf_bound_pass_keeps_every_neighbour_of_the_probed_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    images, classes, _ = clustered(num_images=3000, num_classes=50)
+    nodes = torch.nn.functional.normalize(torch.from_numpy(np.concatenate([classes, images])), dim=1)
+    by_faiss = knn_search(nodes, 10, "approx", "faiss")
+    scanned = []
+    above = knn_module._ivf_above
+    monkeypatch.setattr(knn_module, "_ivf_above", lambda *args: scanned.append(args[-2]) or above(*args))
+    monkeypatch.setattr(knn_module, "IVF_BOUND_POINTS_PER_WIDTH", 0.05)  # the bound from 1 list
+    by_torch = knn_search(nodes, 10, "approx", "torch")
+    assert scanned and torch.isfinite(torch.cat(scanned)).float().mean() > 0.5  # most queries had a finite bound
+    assert by_torch.backend.split("-", 1)[1] == by_faiss.backend.split("-", 1)[1]
     torch.testing.assert_close(by_torch.similarities, by_faiss.similarities, atol=1e-5, rtol=0)
     assert (by_torch.indices == by_faiss.indices).float().mean() >= 0.999
 

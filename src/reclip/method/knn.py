@@ -13,7 +13,8 @@ Methods:
 - ``"approx"``: an inverted file (IVF) with about ``4 sqrt(n)`` lists whose centroids
   come from spherical k-means by torch matmul. Each query scans the ``nprobe`` lists
   nearest to it, either by torch (``"torch"``: the queries probing a list are searched
-  together by one matmul + top-k per list) or by FAISS ``IndexIVFFlat`` on the same
+  together by one matmul per list, in two passes: a bound from each query's first
+  lists, then a scan keeping what reaches it; see :func:`_ivf_torch_search`) or by FAISS ``IndexIVFFlat`` on the same
   lists (``"faiss"``: FAISS's per-query scan). ``nprobe`` is calibrated on a seeded
   sample of queries drawn independently of the k-means training points (training
   points sit closer to their centroids, so they overstate the recall): the smallest
@@ -112,6 +113,12 @@ _COLUMN_GROUP = 16
 _MAX_PENDING = 8
 #: Bytes of the per-chunk candidate buffer of the torch IVF search.
 _IVF_BUFFER_BYTES = 1 << 30
+#: Points (in multiples of the width) the first pass of the torch IVF search scans per
+#: query to bound its width-th similarity (at N = 200k: 4.1 s per 20k queries with
+#: about 450 points, 4.7 s with 220, 4.9 s with 1,800), and the slack below that bound
+#: still kept (the two passes' products may round differently).
+IVF_BOUND_POINTS_PER_WIDTH = 16
+_BOUND_SLACK = 1e-4
 
 Result = tuple[torch.Tensor, torch.Tensor]
 Searcher = Callable[[torch.Tensor], Result]
@@ -524,13 +531,22 @@ def _calibration_curve(x: torch.Tensor, centroids: torch.Tensor, k: int) -> torc
 def _ivf_torch_search(x: torch.Tensor, ivf: _InvertedFile, probes: torch.Tensor, ids: torch.Tensor, width: int) -> Result:
     """Top-``width`` of the queries ``x[ids]`` among the points of their probed lists, by torch.
 
-    Queries are taken in chunks whose candidate buffer (q x nprobe x width) fits
-    ``_IVF_BUFFER_BYTES``; within a chunk, every list is searched once, by one matmul
-    of all the chunk's queries probing it against its points, and a top-k. On the CPU
-    the lists are spread over one Python thread per torch thread, each running torch
-    single-threaded: on a busy machine, thousands of small multi-threaded products
-    each wait milliseconds for a descheduled thread (measured: 15x slower on 2 shared
-    cores at load 6).
+    Queries are taken in chunks whose first-pass buffer (q x nprobe x width) fits
+    ``_IVF_BUFFER_BYTES``. Within a chunk, two passes, each searching every list once
+    by one matmul of all the chunk's queries probing it against its points:
+
+    1. every query's first lists (about ``IVF_BOUND_POINTS_PER_WIDTH * width`` points)
+       give its top-``width`` there (top-k per list, then per query); the last of
+       those similarities is a lower bound of the query's final width-th similarity;
+    2. all ``nprobe`` lists are scanned keeping only the similarities at or above that
+       bound (minus ``_BOUND_SLACK``, for rounding): a compare instead of a top-k per
+       (query, list), which on the CPU cost 3x the matmul. Each query's best ``width``
+       of those are its result, the same as a top-k over all its probed points.
+
+    On the CPU the lists are spread over one Python thread per torch thread, each
+    running torch single-threaded: on a busy machine, thousands of small
+    multi-threaded products each wait milliseconds for a descheduled thread
+    (measured: 15x slower on 2 shared cores at load 6).
 
     Args:
         probes: (n x nprobe) lists probed by every point; ids: (q,) query ids.
@@ -538,20 +554,33 @@ def _ivf_torch_search(x: torch.Tensor, ivf: _InvertedFile, probes: torch.Tensor,
     Returns:
         (q x width) int64 indices (-1 where fewer candidates) and float32 similarities, CPU.
     """
-    chunk = max(1, _IVF_BUFFER_BYTES // (probes.shape[1] * width * 12))
-    parts = [_ivf_torch_chunk(x, ivf, probes[part.to(probes.device)], part, width) for part in ids.split(chunk)]
-    return torch.cat([p[0] for p in parts]).cpu(), torch.cat([p[1] for p in parts]).cpu()
+    nprobe = probes.shape[1]
+    first = min(nprobe, math.ceil(IVF_BOUND_POINTS_PER_WIDTH * width * (len(ivf.offsets) - 1) / x.shape[0]))
+    chunk = max(1, _IVF_BUFFER_BYTES // (nprobe * width * 12))
+    parts = []
+    for part in ids.split(chunk):
+        lists = probes[part.to(probes.device)]
+        idx, sims = _ivf_top_per_list(x, ivf, lists[:, :first].contiguous(), part, width)
+        if first < nprobe:
+            idx, sims = _ivf_above(x, ivf, lists, part, sims[:, -1] - _BOUND_SLACK, width)
+        parts.append((idx.cpu(), sims.cpu()))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def _ivf_torch_chunk(x: torch.Tensor, ivf: _InvertedFile, probes: torch.Tensor, ids: torch.Tensor, width: int) -> Result:
-    """:func:`_ivf_torch_search` of one chunk of queries; probes: (q x nprobe) their lists."""
+def _ivf_top_per_list(x: torch.Tensor, ivf: _InvertedFile, probes: torch.Tensor, ids: torch.Tensor, width: int) -> Result:
+    """Pass 1 of :func:`_ivf_torch_search`: top-``width`` of each query in each probed list, then overall.
+
+    Args:
+        probes: (q x p) lists probed by the queries ``x[ids]``.
+
+    Returns:
+        (q x width) indices (-1 where fewer candidates) and similarities (-inf there).
+    """
     num_queries, nprobe = probes.shape
     queries = x[ids.to(x.device)]
-    slots = torch.argsort(probes.flatten(), stable=True)  # (query, probe) slots grouped by list
-    counts = torch.bincount(probes.flatten(), minlength=len(ivf.offsets) - 1).tolist()
-    firsts = [0, *itertools.accumulate(counts)]
     sims = torch.full((num_queries * nprobe, width), -torch.inf, device=x.device)
     idx = torch.full((num_queries * nprobe, width), -1, dtype=torch.int64, device=x.device)
+    slots, firsts, busy = _slots_by_list(ivf, probes)
 
     def search_list(lst: int) -> None:
         begin, end = ivf.offsets[lst], ivf.offsets[lst + 1]
@@ -560,16 +589,75 @@ def _ivf_torch_chunk(x: torch.Tensor, ivf: _InvertedFile, probes: torch.Tensor, 
         sims[rows, : top.values.shape[1]] = top.values
         idx[rows, : top.values.shape[1]] = ivf.order[begin + top.indices]
 
-    busy = [lst for lst, count in enumerate(counts) if count and ivf.offsets[lst + 1] > ivf.offsets[lst]]
-    if x.is_cuda:
-        for lst in busy:
-            search_list(lst)
-    else:  # one list per CPU thread: many small products gain nothing from intra-op threads
-        workers = torch.get_num_threads()
-        with torch_threads(1), ThreadPoolExecutor(workers) as pool:
-            list(pool.map(search_list, busy))
+    _for_each_list(x, search_list, busy)
     best = torch.topk(sims.view(num_queries, -1), width, dim=1)
     return idx.view(num_queries, -1).gather(1, best.indices), best.values
+
+
+def _ivf_above(
+    x: torch.Tensor, ivf: _InvertedFile, probes: torch.Tensor, ids: torch.Tensor, bound: torch.Tensor, width: int
+) -> Result:
+    """Pass 2 of :func:`_ivf_torch_search`: top-``width`` of each query among its probed points at or above ``bound``.
+
+    Args:
+        probes: (q x nprobe) lists probed by the queries ``x[ids]``; bound: (q,) their
+            lower bounds (-inf: every probed point is a candidate).
+
+    Returns:
+        (q x width) indices (-1 where fewer candidates) and similarities (-inf there).
+    """
+    num_queries, nprobe = probes.shape
+    queries = x[ids.to(x.device)]
+    slots, firsts, busy = _slots_by_list(ivf, probes)
+    found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = [None] * (len(ivf.offsets) - 1)  # type: ignore[list-item]
+
+    def scan_list(lst: int) -> None:
+        begin, end = ivf.offsets[lst], ivf.offsets[lst + 1]
+        rows = slots[firsts[lst] : firsts[lst + 1]] // nprobe
+        sims = queries[rows] @ ivf.points[begin:end].T
+        hit_row, hit_col = (sims >= bound[rows, None]).nonzero(as_tuple=True)
+        found[lst] = (rows[hit_row], ivf.order[begin + hit_col], sims[hit_row, hit_col])
+
+    _for_each_list(x, scan_list, busy)
+    missing = (torch.full((num_queries, width), -1, device=x.device), torch.full((num_queries, width), -torch.inf, device=x.device))
+    if not busy:
+        return missing
+    query, point, sim = (torch.cat(column) for column in zip(*(found[lst] for lst in busy)))
+    if not len(query):
+        return missing
+    order = torch.argsort(sim, descending=True, stable=True)
+    order = order[torch.argsort(query[order], stable=True)]  # by query, best first within each
+    counts = torch.bincount(query, minlength=num_queries)
+    rank = torch.arange(width, device=x.device)
+    picked = order[((torch.cumsum(counts, 0) - counts)[:, None] + rank).clamp(max=len(order) - 1)]
+    present = rank < counts[:, None]
+    return torch.where(present, point[picked], -1), torch.where(present, sim[picked], -torch.inf)
+
+
+def _slots_by_list(ivf: _InvertedFile, probes: torch.Tensor) -> tuple[torch.Tensor, list[int], list[int]]:
+    """The (query, probe) slots of (q x p) ``probes`` grouped by list.
+
+    Returns:
+        slots: (q p,) flat slot ids sorted by list (slot // p is the query row);
+        firsts: (L + 1,) where each list's slots start; busy: non-empty lists probed by
+        at least one slot.
+    """
+    flat = probes.flatten()
+    slots = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=len(ivf.offsets) - 1).tolist()
+    busy = [lst for lst, count in enumerate(counts) if count and ivf.offsets[lst + 1] > ivf.offsets[lst]]
+    return slots, [0, *itertools.accumulate(counts)], busy
+
+
+def _for_each_list(x: torch.Tensor, function: Callable[[int], None], lists: list[int]) -> None:
+    """Call ``function`` on every list: in order on CUDA, else one list per CPU thread, torch single-threaded."""
+    if x.is_cuda:
+        for lst in lists:
+            function(lst)
+        return
+    workers = torch.get_num_threads()
+    with torch_threads(1), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(function, lists))
 
 
 def _ivf_faiss_searcher(x: torch.Tensor, ivf: _InvertedFile, probes: torch.Tensor, width: int) -> Searcher:
