@@ -23,7 +23,6 @@ benchmarks/results/safeguard_dev.json.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -31,8 +30,9 @@ import torch
 
 from reclip import ReCLIP, ReclipConfig, load_model
 from reclip.bench import load_target
-from reclip.data.targets import DEV_TARGETS, HARD_DEV_TARGETS
 from reclip.io import write_json
+
+from dev_args import dev_parser, parse_dev_args
 
 RESULTS = Path(__file__).parent / "results" / "safeguard_dev.json"
 SIGNALS = ("head_agreement", "agree_adapted_zero_shot", "agree_propagation_zero_shot", "agree_on_confident",
@@ -95,14 +95,7 @@ def choose_threshold(rows: list[dict]) -> tuple[float, float, int]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--targets", nargs="+", default=list(DEV_TARGETS + HARD_DEV_TARGETS))
-    p.add_argument("--n", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
-    args = p.parse_args()
-    if any(not t.startswith("train-") for t in args.targets):
-        p.error("choose on dev targets only (names starting with train-)")
+    args = parse_dev_args(dev_parser(__doc__, RESULTS))
     start = time.perf_counter()
     model = load_model("bridge")
     rows = []

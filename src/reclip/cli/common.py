@@ -10,7 +10,7 @@ from ..data.datasets import ImageDataset, load_dataset
 from ..data.prompts import read_templates
 from ..data.sampling import random_subset
 from ..errors import ReclipError
-from ..method.config import CHOICES, ReclipConfig
+from ..method.config import ALPHA_APART, ALPHA_CONTRASTIVE, CHOICES, ReclipConfig
 from ..models.base import DualEncoder
 from ..models.factory import load_model
 
@@ -64,7 +64,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-t", type=float, default=d.lr_t, help=f"ReCLIP-T learning rate (default {d.lr_t})")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--k", type=int, default=d.k, help=f"neighbours in the label-propagation graph ({d.k})")
-    g.add_argument("--alpha", type=float, default=d.alpha, help=f"label-propagation alpha ({d.alpha})")
+    g.add_argument("--alpha", type=float, default=None,
+                   help=f"label-propagation alpha (default: {ALPHA_CONTRASTIVE} on CLIP-family models, "
+                        f"{ALPHA_APART} on the bridge)")
     g.add_argument("--cut-dim", type=int, default=None,
                    help="projection rank r (default: D, or 250 above 500 classes as the authors' ImageNet runs)")
     g.add_argument("--knn", choices=CHOICES["knn"], default=d.knn, help="exact or approximate k-NN graph")

@@ -27,6 +27,10 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 RUNTIME_FIELDS = ("workers", "cache")
 MANY_CLASSES = 500      # above this many classes the projection keeps MANY_CLASSES_CUT_DIM dimensions
 MANY_CLASSES_CUT_DIM = 250
+#: Label-propagation alpha when none is given: the paper's for contrastive (CLIP-family)
+#: models; for towers trained apart (the bridge), the value chosen on the dev targets.
+ALPHA_CONTRASTIVE = 0.99
+ALPHA_APART = 0.95
 
 
 class ConfigError(ReclipError):
@@ -49,7 +53,9 @@ class ReclipConfig:
     batch_size, lr_v, lr_t, momentum, weight_decay: SGD settings of the two branches.
     k, alpha, cut_dim, knn, knn_backend: label propagation (neighbours, propagation weight,
       projection rank - None means D, or 250 above 500 classes -, exact or approximate k-NN,
-      and which k-NN library: None picks the fastest on this machine).
+      and which k-NN library: None picks the fastest on this machine). ``alpha=None`` is
+      resolved by ``for_model``: ``ALPHA_CONTRASTIVE`` (0.99, the paper's) for a CLIP-family
+      model, ``ALPHA_APART`` (0.95, chosen on the dev targets) for towers trained apart.
     v_loss: ``reference`` (the authors' mean(CE*mask)/sum(mask)) or ``mean`` (masked mean).
     v_graph: V's class nodes: ``centroids`` (its current classifier) or ``text`` (the original
       text embeddings, as the authors' code).
@@ -81,7 +87,7 @@ class ReclipConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     k: int = 20
-    alpha: float = 0.99
+    alpha: float | None = None
     cut_dim: int | None = None
     knn: str = "exact"
     knn_backend: str | None = None
@@ -92,7 +98,7 @@ class ReclipConfig:
     project: bool = True
     agreement_filter: bool = True
     pseudo_labels: str = "propagated"
-    safeguard: float = 0.541
+    safeguard: float = 0.528
     calibrate: bool = True
     seed: int = 0
     workers: int | None = None
@@ -115,7 +121,8 @@ class ReclipConfig:
         _number(self, "lr_t", 0.0, 10.0)
         _number(self, "weight_decay", 0.0, 1.0, high_open=True)
         _number(self, "momentum", 0.0, 1.0, high_open=True)
-        _number(self, "alpha", 0.0, 1.0, low_open=True, high_open=True)
+        if self.alpha is not None:
+            _number(self, "alpha", 0.0, 1.0, low_open=True, high_open=True)
         _number(self, "safeguard", 0.0, 1.0)
         for name in ("cache", "project", "agreement_filter", "calibrate"):
             if not isinstance(getattr(self, name), bool):
@@ -126,11 +133,15 @@ class ReclipConfig:
 
     # --- derived settings --------------------------------------------------------------
     def for_model(self, contrastive: bool) -> "ReclipConfig":
-        """This config with ``v_tower="auto"`` resolved for a model whose towers were trained
-        together contrastively (``contrastive``, the CLIP family: ``train``) or not (``frozen``)."""
-        if self.v_tower != "auto":
-            return self
-        return replace(self, v_tower="train" if contrastive else "frozen")
+        """This config with ``v_tower="auto"`` and ``alpha=None`` resolved for a model whose
+        towers were trained together contrastively (``contrastive``, the CLIP family: ``train``
+        and ``ALPHA_CONTRASTIVE``) or not (``frozen`` and ``ALPHA_APART``)."""
+        resolved = self
+        if self.v_tower == "auto":
+            resolved = replace(resolved, v_tower="train" if contrastive else "frozen")
+        if self.alpha is None:
+            resolved = replace(resolved, alpha=ALPHA_CONTRASTIVE if contrastive else ALPHA_APART)
+        return resolved
 
     def num_epochs(self, n: int) -> int:
         """Training epochs for ``n`` images."""
