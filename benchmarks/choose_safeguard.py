@@ -1,7 +1,7 @@
 """Study label-free signals that could predict when reclip ends below zero-shot, and choose
 the safeguard threshold, on dev targets only (Fashion-MNIST TRAIN split; never the reported ones).
 
-    python benchmarks/choose_safeguard.py            # DEV_TARGETS + HARD_DEV_TARGETS, 500 images each (~15 min)
+    python benchmarks/choose_safeguard.py [--seeds 0 1]   # DEV_TARGETS + HARD_DEV_TARGETS, 2,000 images each
 
 For every dev target it runs zero-shot, label propagation and reclip with the defaults (the
 library's ``ReCLIP``; features come from the cache) and computes, without labels:
@@ -62,7 +62,7 @@ def target_row(model, name: str, n: int, seed: int) -> dict:
         "marginal_entropy_change": marginal_entropy(rc.pred, c) - marginal_entropy(zs.pred, c),
     }
     z, a = zs.metrics(), runs["reclip"].metrics.get("final_adapted", rc.metrics())
-    return {"target": name, **signals,
+    return {"target": name, "seed": seed, **signals,
             "zero_shot_top1": z["top1"], "reclip_top1": a["top1"], "propagation_top1": lp.metrics()["top1"],
             "zero_shot_recall": z["mean_per_class_recall"], "reclip_recall": a["mean_per_class_recall"],
             "below_zero_shot": a["top1"] < z["top1"] or a["mean_per_class_recall"] < z["mean_per_class_recall"]}
@@ -99,14 +99,14 @@ def main() -> None:
     start = time.perf_counter()
     model = load_model("bridge")
     rows = []
-    for name in args.targets:
-        rows.append(target_row(model, name, args.n, args.seed))
+    for name, seed in args.cells:
+        rows.append(target_row(model, name, args.n, seed))
         r = rows[-1]
-        print(f"{name:<28} top-1 {100 * r['zero_shot_top1']:5.1f} -> {100 * r['reclip_top1']:5.1f}  "
+        print(f"{name:<28} {seed} top-1 {100 * r['zero_shot_top1']:5.1f} -> {100 * r['reclip_top1']:5.1f}  "
               + "  ".join(f"{s} {r[s]:.3f}" for s in SIGNALS) + ("  BELOW" if r["below_zero_shot"] else ""),
               flush=True)
     threshold, mean, below = choose_threshold(rows)
-    report = {"n": args.n, "seed": args.seed, "targets": rows,
+    report = {"n": args.n, "seeds": args.seeds, "targets": rows,
               "auroc": {s: auroc(rows, s) for s in SIGNALS},
               "threshold": threshold, "dev_mean_top1_with_threshold": mean, "dev_targets_below_with_threshold": below,
               "dev_mean_top1_without": sum(r["reclip_top1"] for r in rows) / len(rows),

@@ -1,7 +1,7 @@
 """Study mixing the zero-shot logits into reclip's final logits, on dev targets only
 (Fashion-MNIST TRAIN split; never the reported ones).
 
-    python benchmarks/choose_zero_shot_weight.py     # DEV_TARGETS + HARD_DEV_TARGETS, 500 images each
+    python benchmarks/choose_zero_shot_weight.py [--n 500]   # DEV_TARGETS + HARD_DEV_TARGETS
 
 For every dev target it runs zero-shot and reclip with the defaults except the safeguard (off,
 so the adapted logits always exist), then scores, for every weight ``beta`` of the grid, the
@@ -54,10 +54,10 @@ def main() -> None:
     start = time.perf_counter()
     model = load_model("bridge")
     rows = []
-    for name in args.targets:
-        logits = target_logits(model, name, args.n, args.seed)
+    for name, seed in args.cells:
+        logits = target_logits(model, name, args.n, seed)
         zero_shot = classification_metrics(logits["zero_shot"].softmax(-1), logits["labels"])
-        row = {"target": name, "zero_shot": zero_shot, "by_beta": {str(b): scores(logits, b) for b in BETAS}}
+        row = {"target": name, "seed": seed, "zero_shot": zero_shot, "by_beta": {str(b): scores(logits, b) for b in BETAS}}
         rows.append(row)
         print(f"{name:<28} zero-shot {100 * zero_shot['top1']:5.1f}  "
               + "  ".join(f"{b}: {100 * row['by_beta'][str(b)]['top1']:5.1f}" for b in BETAS), flush=True)
@@ -71,7 +71,7 @@ def main() -> None:
                            "mean_recall": sum(m["mean_per_class_recall"] for m in per) / len(per),
                            "mean_ece": sum(m["ece"] for m in per) / len(per), "below_zero_shot": below}
     chosen = min(BETAS, key=lambda b: (len(summary[str(b)]["below_zero_shot"]), -round(summary[str(b)]["mean_top1"], 6), b))
-    report = {"n": args.n, "seed": args.seed, "betas": BETAS, "targets": rows, "summary": summary, "chosen": chosen,
+    report = {"n": args.n, "seeds": args.seeds, "betas": BETAS, "targets": rows, "summary": summary, "chosen": chosen,
               "rule": "fewest dev targets below zero-shot (top-1 or mean per-class recall), then the best dev "
                       "mean top-1, then the smaller weight",
               "zero_shot_mean_top1": sum(r["zero_shot"]["top1"] for r in rows) / len(rows),

@@ -1,6 +1,6 @@
 """Compare reclip settings on the dev targets only (Fashion-MNIST TRAIN split; never the reported ones).
 
-    python benchmarks/dev_sweep.py --settings "" "lr_t=0.003" "epochs=3" "k=10" [--n 500]
+    python benchmarks/dev_sweep.py --settings "" "lr_t=0.003" "epochs=3" "k=10" [--seeds 0 1] [--n 2000]
 
 Each setting is a space-free list of ``name=value`` overrides of ``ReclipConfig`` (comma
 separated; "" is the defaults). Every setting runs reclip through the library on
@@ -42,26 +42,28 @@ def main() -> None:
     args = parse_dev_args(p)
     model = load_model("bridge")
     datasets = {}
-    for name in args.targets:
-        datasets[name] = load_target(name, None, args.n, args.seed)
-        datasets[name].transform = model.preprocess
-    report = {"n": args.n, "seed": args.seed, "targets": args.targets, "settings": {}}
+    for name, seed in args.cells:
+        datasets[name, seed] = load_target(name, None, args.n, seed)
+        datasets[name, seed].transform = model.preprocess
+    report = {"n": args.n, "seeds": args.seeds, "targets": args.targets, "settings": {}}
     for setting in args.settings:
         start = time.perf_counter()
-        config = ReclipConfig(seed=args.seed, **parse_setting(setting))
         rows = []
-        for name, dataset in datasets.items():
+        for (name, seed), dataset in datasets.items():
+            config = ReclipConfig(seed=seed, **parse_setting(setting))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 run = ReCLIP(model, config).fit(dataset)
             zero_shot, final = run.metrics["zero_shot"], run.metrics["final"]
-            rows.append({"target": name, "zero_shot": zero_shot, "final": final,
-                         "kept": run.metrics.get("safeguard", {}).get("kept", "adapted")})
+            rows.append({"target": name, "seed": seed, "zero_shot": zero_shot, "final": final,
+                         "kept": run.metrics.get("safeguard", {}).get("kept", "adapted"),
+                         "safeguard": run.metrics.get("safeguard")})
         mean = {m: sum(r["final"][m] for r in rows) / len(rows) for m in ("top1", "mean_per_class_recall", "ece")}
-        below = [r["target"] for r in rows if r["final"]["top1"] < r["zero_shot"]["top1"]
+        below = [f"{r['target']}/{r['seed']}" for r in rows if r["final"]["top1"] < r["zero_shot"]["top1"]
                  or r["final"]["mean_per_class_recall"] < r["zero_shot"]["mean_per_class_recall"]]
-        report["settings"][setting or "defaults"] = {"config": config.to_dict(), "mean": mean, "below_zero_shot": below,
-                                                     "rows": rows, "seconds": round(time.perf_counter() - start, 1)}
+        report["settings"][setting or "defaults"] = {
+            "config": {**config.to_dict(), "seed": args.seeds}, "mean": mean, "below_zero_shot": below,
+            "rows": rows, "seconds": round(time.perf_counter() - start, 1)}
         print(f"{setting or 'defaults':<32} top-1 {100 * mean['top1']:.2f}  recall {100 * mean['mean_per_class_recall']:.2f}  "
               f"ECE {mean['ece']:.3f}  below zero-shot: {', '.join(below) or 'none'}", flush=True)
     write_json(args.out, report)

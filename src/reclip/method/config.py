@@ -98,7 +98,7 @@ class ReclipConfig:
     project: bool = True
     agreement_filter: bool = True
     pseudo_labels: str = "propagated"
-    safeguard: float = 0.528
+    safeguard: float = 0.58
     calibrate: bool = True
     seed: int = 0
     workers: int | None = None
