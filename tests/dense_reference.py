@@ -33,11 +33,13 @@ def normalised_adjacency(
     k: int,
     cut_dim: int | None = None,
     project: bool = True,
+    image_edges: str = "projected",
 ) -> np.ndarray:
     """Dense Wn ((N+C) x (N+C)): nodes = classes then images, projected and unit-norm.
 
     a_ij = (x_i . x_j + 1) / 2 without self loops, top-k per row kept,
     W = (A_topk + A_topk^T) / 2, Wn = D^-1/2 W D^-1/2 (zero-degree rows stay zero).
+    With ``image_edges="full"`` the image-image block of a uses the unprojected unit features.
     """
     classes = _unit_rows(np.asarray(class_embeddings, dtype=np.float64))
     images = _unit_rows(np.asarray(image_features, dtype=np.float64))
@@ -46,6 +48,9 @@ def normalised_adjacency(
         nodes = nodes @ projector(classes, cut_dim)
     nodes = _unit_rows(nodes)
     affinity = (nodes @ nodes.T + 1.0) / 2.0
+    if image_edges == "full":
+        c = len(classes)
+        affinity[c:, c:] = (images @ images.T + 1.0) / 2.0
     np.fill_diagonal(affinity, -np.inf)
     top = np.argpartition(-affinity, k - 1, axis=1)[:, :k]
     rows = np.arange(len(nodes))[:, None]

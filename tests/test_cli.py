@@ -48,6 +48,17 @@ def test_zeroshot_on_class_folders(make_image_folder, tmp_path, capsys):
     assert "zero-shot" in capsys.readouterr().out
 
 
+def test_image_edges_flag_reaches_the_propagation(make_image_folder, tmp_path):
+    data = make_image_folder({"red_apple": 8, "green_leaf": 8, "blue_sky": 8})
+    args = ["adapt", "--model", "tiny", "--dataset", str(data), "--mode", "transductive", "--k", "5", "--workers", "0"]
+    assert main(args + ["--out", str(tmp_path / "projected")]) == 0
+    assert main(args + ["--out", str(tmp_path / "full"), "--image-edges", "full"]) == 0
+    projected, full = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("projected", "full"))
+    assert (projected["config"]["image_edges"], full["config"]["image_edges"]) == ("projected", "full")
+    # the tiny random model's projection keeps 2 of its dimensions: the full features give another graph
+    assert (tmp_path / "projected" / "predictions.csv").read_text() != (tmp_path / "full" / "predictions.csv").read_text()
+
+
 def test_second_run_reads_the_feature_cache(make_image_folder, tmp_path):
     data = make_image_folder({"a": 2, "b": 2})
     args = ["zeroshot", "--model", "tiny", "--dataset", str(data), "--workers", "0"]

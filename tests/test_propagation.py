@@ -120,6 +120,21 @@ def test_converged_solution_matches_dense_direct_solve(data, reference_adjacency
     np.testing.assert_allclose(result.centroids.numpy(), expected_centroids, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_full_space_image_edges_match_dense_reference(data, reference_adjacency: np.ndarray, backend: str) -> None:
+    images, classes, _ = data
+    # images in a space where their projection hides part of what tells them apart
+    adjacency = dense_reference.normalised_adjacency(images, classes, k=10, cut_dim=3, image_edges="full")
+    assert not np.allclose(adjacency, dense_reference.normalised_adjacency(images, classes, k=10, cut_dim=3))
+    result = label_propagation(images, classes, k=10, cut_dim=3, image_edges="full", knn_backend=backend,
+                               max_iter=1000, tol=1e-7)
+    full = dense_reference.solve_direct(adjacency, len(classes))
+    np.testing.assert_allclose(result.scores.numpy(), full[len(classes):], atol=1e-4, rtol=0)
+    assert result.knn_backend.endswith("(full-space image edges)")
+    with pytest.raises(ReclipError, match="image_edges must be one of projected, full"):
+        label_propagation(images, classes, image_edges="images")
+
+
 def test_twenty_iterations_match_per_class_cg(data, reference_adjacency: np.ndarray) -> None:
     images, classes, _ = data
     result = label_propagation(images, classes, k=10)

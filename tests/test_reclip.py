@@ -83,17 +83,20 @@ def test_v_tower_auto_trains_a_contrastive_model_and_freezes_the_others(domain, 
     assert reclip.ReclipConfig(v_tower="train").for_model(contrastive=False).v_tower == "train"
     assert (config.alpha, config.for_model(True).alpha, config.for_model(False).alpha) == (None, 0.99, 0.95)
     assert reclip.ReclipConfig(alpha=0.5).for_model(contrastive=False).alpha == 0.5
+    assert (config.image_edges, config.for_model(True).image_edges, config.for_model(False).image_edges) == (
+        "auto", "projected", "full")
+    assert reclip.ReclipConfig(image_edges="projected").for_model(contrastive=False).image_edges == "projected"
     with pytest.raises(reclip.ConfigError, match="v_tower"):
         config.trains_v
     _, _, trained = run_library(domain, "reclip", epochs=1, safeguard=0.0)  # one epoch: the heads barely agree
     assert trained.metrics["config"]["v_tower"] == "train" and trained.adapter.image_norms
-    assert trained.metrics["config"]["alpha"] == 0.99
+    assert trained.metrics["config"]["alpha"] == 0.99 and trained.metrics["config"]["image_edges"] == "projected"
     model = reclip.load_model("tiny", device="cpu")
     monkeypatch.setattr(model, "contrastive", False)
     dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
     result = reclip.ReCLIP(model, epochs=1, k=10, safeguard=0.0, workers=0, cache=False).fit(dataset, TEMPLATES)
     assert result.metrics["config"]["v_tower"] == "frozen" and result.adapter.image_norms == {}
-    assert result.metrics["config"]["alpha"] == 0.95
+    assert result.metrics["config"]["alpha"] == 0.95 and result.metrics["config"]["image_edges"] == "full"
 
 
 def test_self_training_improves_on_zero_shot(domain):

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.usefixtures("private_cache")
     ({"v_loss": "Mean"}, "v_loss must be one of reference, mean; got 'Mean'"),
     ({"v_graph": "txt"}, "v_graph must be one of centroids, text; got 'txt'"),
     ({"knn": "fast"}, "knn must be one of exact, approx; got 'fast'"),
+    ({"image_edges": "all"}, "image_edges must be one of auto, projected, full; got 'all'"),
     ({"alpha": 1.5}, "alpha must be in (0, 1); got 1.5"),
     ({"alpha": 0.0}, "alpha must be in (0, 1); got 0"),
     ({"batch_size": 0}, "batch_size must be at least 1; got 0"),

@@ -70,6 +70,10 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cut-dim", type=int, default=None,
                    help="projection rank r (default: D, or 250 above 500 classes as the authors' ImageNet runs)")
     g.add_argument("--knn", choices=CHOICES["knn"], default=d.knn, help="exact or approximate k-NN graph")
+    g.add_argument("--image-edges", choices=CHOICES["image_edges"], default=d.image_edges,
+                   help="label-propagation graph: image-image similarities in the projection space "
+                        "(projected, the paper's) or of the full features (full); default auto: "
+                        "projected on CLIP-family models, full on the bridge")
     g.add_argument("--knn-backend", choices=[c for c in CHOICES["knn_backend"] if c], default=None,
                    help="k-NN library (default: the faster one on this machine, measured)")
     g.add_argument("--v-loss", choices=CHOICES["v_loss"], default=d.v_loss,

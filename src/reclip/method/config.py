@@ -21,6 +21,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "v_tower": ("auto", "train", "frozen"),
     "knn": ("exact", "approx"),
     "knn_backend": (None, "torch", "faiss"),
+    "image_edges": ("auto", "projected", "full"),
     "pseudo_labels": ("propagated", "zero-shot"),
 }
 # fields that change how fast a run goes, never what it computes (left out of resume identity)
@@ -56,6 +57,11 @@ class ReclipConfig:
       and which k-NN library: None picks the fastest on this machine). ``alpha=None`` is
       resolved by ``for_model``: ``ALPHA_CONTRASTIVE`` (0.99, the paper's) for a CLIP-family
       model, ``ALPHA_APART`` (0.95, chosen on the dev targets) for towers trained apart.
+    image_edges: where the label-propagation graph compares two images: ``projected`` (the
+      projection space, as every other similarity: the paper's graph), ``full`` (their full
+      features; edges to class nodes stay in the projection space) or ``auto``: ``projected``
+      for a CLIP-family model, ``full`` for towers trained apart (the bridge, chosen on the dev
+      targets); ``for_model`` resolves it.
     v_loss: ``reference`` (the authors' mean(CE*mask)/sum(mask)) or ``mean`` (masked mean).
     v_graph: V's class nodes: ``centroids`` (its current classifier) or ``text`` (the original
       text embeddings, as the authors' code).
@@ -91,6 +97,7 @@ class ReclipConfig:
     cut_dim: int | None = None
     knn: str = "exact"
     knn_backend: str | None = None
+    image_edges: str = "auto"
     v_loss: str = "reference"
     v_graph: str = "text"
     v_tower: str = "auto"
@@ -98,7 +105,7 @@ class ReclipConfig:
     project: bool = True
     agreement_filter: bool = True
     pseudo_labels: str = "propagated"
-    safeguard: float = 0.58
+    safeguard: float = 0.6
     calibrate: bool = True
     seed: int = 0
     workers: int | None = None
@@ -133,12 +140,15 @@ class ReclipConfig:
 
     # --- derived settings --------------------------------------------------------------
     def for_model(self, contrastive: bool) -> "ReclipConfig":
-        """This config with ``v_tower="auto"`` and ``alpha=None`` resolved for a model whose
-        towers were trained together contrastively (``contrastive``, the CLIP family: ``train``
-        and ``ALPHA_CONTRASTIVE``) or not (``frozen`` and ``ALPHA_APART``)."""
+        """This config with ``v_tower="auto"``, ``alpha=None`` and ``image_edges="auto"`` resolved
+        for a model whose towers were trained together contrastively (``contrastive``, the CLIP
+        family: ``train``, ``ALPHA_CONTRASTIVE`` and ``projected``) or not (``frozen``,
+        ``ALPHA_APART`` and ``full``)."""
         resolved = self
         if self.v_tower == "auto":
             resolved = replace(resolved, v_tower="train" if contrastive else "frozen")
+        if self.image_edges == "auto":
+            resolved = replace(resolved, image_edges="projected" if contrastive else "full")
         if self.alpha is None:
             resolved = replace(resolved, alpha=ALPHA_CONTRASTIVE if contrastive else ALPHA_APART)
         return resolved

@@ -8,8 +8,10 @@ Pipeline of :func:`label_propagation`:
    L2-normalised. Since ``B`` has orthonormal columns, ``(x P) . (y P) = (x B) . (y B)``,
    so the graph is built on the (r-1)-dimensional coordinates ``x B`` directly.
 3. Graph: each node keeps its top-k neighbours (self excluded) with affinity
-   ``(cos + 1) / 2``; ``W = (A + A^T) / 2``; ``Wn = D^-1/2 W D^-1/2`` with D the row
-   sums of W. Everything is sparse: memory O((N + C) k).
+   ``(cos + 1) / 2`` (with ``image_edges="full"`` the cosine of two images is that of
+   their full features, see :func:`_full_image_edge_neighbours`); ``W = (A + A^T) / 2``;
+   ``Wn = D^-1/2 W D^-1/2`` with D the row sums of W. Everything is sparse: memory
+   O((N + C) k).
 4. Solve ``(I - alpha Wn) F = Y`` (Y one-hot on the class nodes) by conjugate gradient
    on blocks of classes at once, each class column with its own step sizes and
    stopping rule, exactly like one ``scipy.sparse.linalg.cg(A, y, rtol=tol,
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as nnf
 
 from reclip.errors import ReclipError
-from reclip.method.knn import check_knn_options, knn_search, torch_threads
+from reclip.method.knn import Neighbours, check_knn_options, knn_search, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ MAX_CG_BLOCK = 1024
 #: machine every parallel region can cost milliseconds of waiting (measured on 2
 #: shared cores: CG 75x and a 768 x 1000 SVD 50x slower with 2 threads than with 1).
 SINGLE_THREAD_ELEMENTS = 1 << 20
+#: Where image-image similarities are taken (``label_propagation``'s ``image_edges``).
+IMAGE_EDGES = ("projected", "full")
 #: Rows per chunk when reducing over N x D or N x C arrays.
 _ROW_CHUNK = 1 << 16
 
@@ -157,6 +161,7 @@ def label_propagation(
     tol: float = 1e-6,
     knn: str = "exact",
     knn_backend: str | None = None,
+    image_edges: str = "projected",
     device: str | torch.device | None = None,
 ) -> PropagationResult:
     """Pseudo labels of N images by label propagation from C class nodes (docs/method.md, steps 1-2).
@@ -193,6 +198,10 @@ def label_propagation(
         knn_backend: ``"torch"`` or ``"faiss"`` forces the k-NN backend; None picks
             the faster one by a short timed probe, cached for the process (torch
             without a probe on CUDA); see :mod:`reclip.method.knn`.
+        image_edges: ``"projected"`` (every similarity in the projection space, the
+            paper's graph) or ``"full"``: the similarity of two images is the cosine of
+            their full (unprojected) features; every similarity involving a class node
+            stays in the projection space. Each node still keeps its top k of all others.
         device: where projection, torch k-NN search and the solve run; None: the
             device of ``image_features`` if it is a tensor, else the CPU.
 
@@ -206,6 +215,8 @@ def label_propagation(
     start = time.perf_counter()
     _check_options(k=k, alpha=alpha, max_iter=max_iter, tol=tol)
     check_knn_options(knn, knn_backend)
+    if image_edges not in IMAGE_EDGES:
+        raise ReclipError(f"image_edges must be one of {', '.join(IMAGE_EDGES)}; got {image_edges!r}")
     if device is None:
         device = image_features.device if isinstance(image_features, torch.Tensor) else "cpu"
     images = _as_matrix(image_features, "image_features").to(device)
@@ -226,7 +237,10 @@ def label_propagation(
     basis = projection(classes, cut_dim).to(device) if project else None
     nodes = torch.cat([_graph_coordinates(classes, basis), _graph_coordinates(images, basis)])
     knn_start = time.perf_counter()
-    neighbours = knn_search(nodes, k, knn, knn_backend)
+    if image_edges == "full":
+        neighbours = _full_image_edge_neighbours(nodes, _graph_coordinates(images, None), k, knn, knn_backend)
+    else:
+        neighbours = knn_search(nodes, k, knn, knn_backend)
     knn_seconds = time.perf_counter() - knn_start
     del nodes
     weights = _normalised_weights(neighbours.indices, neighbours.similarities)
@@ -275,6 +289,48 @@ def label_propagation(
         converged=int(converged.sum()),
         timings=timings,
     )
+
+
+def _full_image_edge_neighbours(nodes: torch.Tensor, images: torch.Tensor, k: int, knn: str,
+                                knn_backend: str | None) -> Neighbours:
+    """Top-k neighbours of the (C + N) ``nodes`` (graph coordinates, class nodes first) when
+    image-image similarities come from the N x D unit ``images`` instead.
+
+    The images' own k nearest images come from :func:`knn_search` on ``images``; each image's
+    row is the top k of those and of its similarities to the C class nodes; each class node's
+    row is its top k of all other nodes in graph coordinates.
+    """
+    num_classes = len(nodes) - len(images)
+    classes, projected = nodes[:num_classes], nodes[num_classes:]
+    among_images = knn_search(images, min(k, len(images) - 1), knn, knn_backend)
+    image_idx = torch.where(among_images.indices >= 0, among_images.indices + num_classes, -1).to(nodes.device)
+    image_sims = torch.where(among_images.indices >= 0, among_images.similarities, -torch.inf).to(nodes.device)
+    class_top = min(k, num_classes)
+    rows_idx, rows_sims = [], []
+    for rows in _row_chunks(len(images)):
+        sims, idx = (projected[rows] @ classes.T).topk(class_top, dim=1)
+        merged_sims = torch.cat([sims, image_sims[rows]], dim=1)
+        merged_idx = torch.cat([idx, image_idx[rows]], dim=1)
+        top_sims, pos = merged_sims.topk(min(k, merged_sims.shape[1]), dim=1)
+        rows_idx.append(merged_idx.gather(1, pos))
+        rows_sims.append(top_sims)
+    top_sims = torch.empty(num_classes, 0, device=nodes.device)
+    top_idx = torch.empty(num_classes, 0, dtype=torch.int64, device=nodes.device)
+    for cols in _row_chunks(len(nodes)):
+        sims = classes @ nodes[cols].T
+        own = torch.arange(cols.start, min(cols.stop, num_classes), device=nodes.device)
+        sims[own, own - cols.start] = -torch.inf  # no self loops
+        merged_sims = torch.cat([top_sims, sims], dim=1)
+        columns = torch.arange(cols.start, cols.stop, device=nodes.device).expand_as(sims)
+        merged_idx = torch.cat([top_idx, columns], dim=1)
+        top_sims, pos = merged_sims.topk(min(k, merged_sims.shape[1]), dim=1)
+        top_idx = merged_idx.gather(1, pos)
+    indices = torch.cat([top_idx] + rows_idx).cpu()
+    similarities = torch.cat([top_sims] + rows_sims).cpu()
+    missing = torch.isinf(similarities)
+    return Neighbours(indices.masked_fill(missing, -1), similarities.masked_fill(missing, 0.0).float(),
+                      among_images.recall, f"{among_images.backend} (full-space image edges)",
+                      among_images.probe_seconds)
 
 
 def normalised_adjacency(indices: torch.Tensor, similarities: torch.Tensor) -> torch.Tensor:

@@ -235,7 +235,7 @@ def branch_pseudo_labels(config: ReclipConfig, f_frozen: torch.Tensor, f_v: torc
         v = (f_v @ heads.v_classifier.T).argmax(-1) if config.uses_v else None
         return t, v
     lp_kw = dict(k=config.k, alpha=config.alpha, cut_dim=config.projection_rank(num_classes), project=config.project,
-                 knn=config.knn, knn_backend=config.knn_backend, device=device)
+                 knn=config.knn, knn_backend=config.knn_backend, image_edges=config.image_edges, device=device)
     v_nodes = heads.v_classifier if config.v_graph == "centroids" else heads.t_original
     lp_t = label_propagation(f_frozen, heads.t_full, **lp_kw) if config.trains_t else None
     lp_v = label_propagation(f_v, v_nodes, **lp_kw) if config.uses_v else None

@@ -199,7 +199,8 @@ class _Run:
         config = self.config
         lp = label_propagation(frozen.features, classifier, k=config.k, alpha=config.alpha,
                                cut_dim=config.projection_rank(len(classifier)), project=config.project,
-                               knn=config.knn, knn_backend=config.knn_backend, device=self.model.device)
+                               knn=config.knn, knn_backend=config.knn_backend, image_edges=config.image_edges,
+                               device=self.model.device)
         predictions = self._predictions(frozen, scores_to_probabilities(lp.scores))
         metrics["final"] = predictions.metrics()
         metrics["propagation"] = {"k": lp.k, "knn_recall": lp.knn_recall, "timings": lp.timings}
