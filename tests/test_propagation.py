@@ -219,6 +219,15 @@ def test_approximate_knn_calibrates_ivf_and_reports_recall(backend: str, caplog:
     assert (approx.labels == exact.labels).float().mean() >= 0.97
 
 
+def test_approximate_knn_with_full_space_image_edges() -> None:
+    images, classes, _ = clustered(num_images=3000, num_classes=50)
+    exact = label_propagation(images, classes, k=10, image_edges="full")
+    approx = label_propagation(images, classes, k=10, image_edges="full", knn="approx", knn_backend="torch")
+    assert approx.knn_backend.startswith("torch-ivf nprobe=") and approx.knn_backend.endswith("(full-space image edges)")
+    assert approx.knn_recall is not None and approx.knn_recall >= 0.95
+    assert (approx.labels == exact.labels).float().mean() >= 0.97
+
+
 def test_both_ivf_backends_scan_the_same_lists() -> None:
     images, classes, _ = clustered(num_images=3000, num_classes=50)
     nodes = torch.nn.functional.normalize(torch.from_numpy(np.concatenate([classes, images])), dim=1)
