@@ -9,7 +9,9 @@ import torch
 
 import reclip
 from reclip.method import reclip as loop
-from reclip.method.propagation import PropagationResult
+from reclip.method import run as run_module
+from reclip.method.propagation import PropagationResult, label_propagation
+from reclip.metrics import scores_to_probabilities
 from reclip.method.run import SafeguardWarning
 from reclip.method.safeguard import decide, fit_temperature, head_agreement
 
@@ -35,9 +37,11 @@ def test_head_agreement_counts_matching_predictions():
 
 
 def test_decision_keeps_the_adapted_predictions_above_the_threshold():
-    logits = torch.randn(50, 3) * 10
-    assert decide(logits, 0.8, 0.5, calibrate=True).kept == "adapted"
-    low = decide(logits, 0.4, 0.5, calibrate=False)
+    logits = torch.randn(50, 3, generator=torch.Generator().manual_seed(0)) * 10
+    high = decide(logits, 0.8, 0.5, confidence_target=0.6)
+    assert high.kept == "adapted" and high.confidence_target == 0.6
+    assert (logits / high.temperature).softmax(-1).max(-1).values.mean().item() == pytest.approx(0.6, abs=1e-4)
+    low = decide(logits, 0.4, 0.5, confidence_target=None)
     assert low.kept == "zero-shot" and low.temperature == 1.0 and "below the safeguard's 50%" in low.reason
 
 
@@ -51,9 +55,35 @@ def test_good_pseudo_labels_keep_the_adapted_predictions_with_calibrated_confide
     result = run(domain, safeguard=reclip.ReclipConfig().safeguard)
     guard = result.metrics["safeguard"]
     assert guard["kept"] == "adapted" and result.metrics["final"]["top1"] > result.metrics["zero_shot"]["top1"]
-    # the mean confidence is the heads' agreement
-    assert result.predictions.confidence.mean().item() == pytest.approx(guard["agreement"], abs=1e-3)
+    # the mean confidence is label propagation's on the final V graph
+    assert result.predictions.confidence.mean().item() == pytest.approx(guard["confidence_target"], abs=1e-3)
     assert all("head_agreement" in e for e in result.history)
+
+
+def test_calibration_target_is_label_propagations_mean_confidence(domain, monkeypatch):
+    """The target is the mean largest probability of label propagation on V's final features
+    and class nodes, as the transductive predictions normalise them."""
+    seen = {}
+    confidence = loop.propagation_confidence
+
+    def spy(config, f_v, heads, num_classes, device):
+        seen.update(f_v=f_v.clone(), nodes=heads.t_original.clone(), config=config)
+        seen["target"] = confidence(config, f_v, heads, num_classes, device)
+        return seen["target"]
+
+    monkeypatch.setattr(run_module, "propagation_confidence", spy)
+    result = run(domain, safeguard=0.0)
+    c = seen["config"]
+    lp = label_propagation(seen["f_v"], seen["nodes"], k=c.k, alpha=c.alpha, image_edges=c.image_edges)
+    expected = scores_to_probabilities(lp.scores).max(-1).values.mean().item()
+    assert c.v_graph == "text" and result.metrics["safeguard"]["confidence_target"] == pytest.approx(expected)
+    assert result.predictions.confidence.mean().item() == pytest.approx(expected, abs=1e-3)
+
+
+def test_no_calibration_keeps_the_raw_confidences(domain):
+    result = run(domain, safeguard=0.0, calibrate=False)
+    guard = result.metrics["safeguard"]
+    assert guard["temperature"] == 1.0 and guard["confidence_target"] is None
 
 
 def test_random_pseudo_labels_fall_back_to_zero_shot(domain, monkeypatch, tmp_path):

@@ -18,7 +18,8 @@ def plot_report(path: str | Path, history: list[dict], zero_shot: dict, final: d
 
     ``history`` holds one dict per epoch (evaluated before that epoch's training pass);
     ``final`` is the evaluation after the last pass, drawn at x = number of epochs;
-    ``safeguard`` (metrics.json's) adds the final head agreement and the threshold.
+    ``safeguard`` (metrics.json's) adds the final head agreement, the threshold and the mean
+    confidence the calibration aimed for.
     """
     epochs = [h["epoch"] for h in history]
     has_labels = "top1" in zero_shot
@@ -45,7 +46,10 @@ def plot_report(path: str | Path, history: list[dict], zero_shot: dict, final: d
     if safeguard and safeguard["threshold"] > 0:
         ax.axhline(100 * safeguard["threshold"], color="tab:red", ls="--",
                    label=f"safeguard threshold (kept: {safeguard['kept']})")
-    ax.set(xlabel="epoch", ylabel="T/V agreement (%)", title="T/V agreement", ylim=(0, 101))
+    if safeguard and safeguard.get("confidence_target") is not None:
+        ax.plot([len(history)], [100 * safeguard["confidence_target"]], marker="*", ms=12, ls="", color="tab:orange",
+                label="mean confidence after calibration")
+    ax.set(xlabel="epoch", ylabel="% of images", title="T/V agreement and confidence", ylim=(0, 101))
     ax.legend(fontsize=8)
     ax = next(ax_iter)
     for key, label in (("loss_t", "loss T"), ("loss_v", "loss V")):

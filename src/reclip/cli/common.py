@@ -98,8 +98,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                    help="reclip mode: keep the zero-shot predictions when T's and V's heads agree on less than "
                         f"this share of the images at the end (default {d.safeguard:g}, chosen on dev targets; 0: off)")
     g.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                   help="reclip mode: keep the raw confidences (default: a temperature makes the mean "
-                        "confidence equal the T/V head agreement)")
+                   help="reclip mode: keep the raw confidences (default: a temperature makes their mean "
+                        "equal label propagation's mean confidence on the final model)")
     g.add_argument("--seed", type=int, default=d.seed)
 
 

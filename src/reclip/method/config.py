@@ -78,8 +78,9 @@ class ReclipConfig:
     safeguard: in ``reclip`` mode, keep the zero-shot predictions when T's and V's heads agree on
       less than this share of the images at the end (0 turns the safeguard off; the default
       was chosen on the dev targets by benchmarks/choose_safeguard.py).
-    calibrate: in ``reclip`` mode, scale the final logits by a temperature that makes the mean
-      confidence equal that agreement (label-free calibration).
+    calibrate: in ``reclip`` mode, scale the final logits by a temperature that makes their mean
+      confidence equal label propagation's mean confidence on the final model's V graph
+      (label-free calibration).
     seed: shuffling and initialisation seed.
     workers: data-loading processes (None: cores - 1, at most 4). cache: use the feature cache.
     """

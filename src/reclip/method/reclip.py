@@ -37,6 +37,7 @@ from .. import distributed
 from ..features import Features, default_workers, encode_dataset
 from ..models.base import DualEncoder
 from ..errors import ReclipError
+from ..metrics import scores_to_probabilities
 from ..precision import autocast, full_precision
 from .config import ReclipConfig
 from .propagation import label_propagation
@@ -234,14 +235,32 @@ def branch_pseudo_labels(config: ReclipConfig, f_frozen: torch.Tensor, f_v: torc
         t = (f_frozen @ heads.t_classifier.T).argmax(-1) if config.trains_t else None
         v = (f_v @ heads.v_classifier.T).argmax(-1) if config.uses_v else None
         return t, v
-    lp_kw = dict(k=config.k, alpha=config.alpha, cut_dim=config.projection_rank(num_classes), project=config.project,
-                 knn=config.knn, knn_backend=config.knn_backend, image_edges=config.image_edges, device=device)
-    v_nodes = heads.v_classifier if config.v_graph == "centroids" else heads.t_original
+    lp_kw = _propagation_settings(config, num_classes, device)
     lp_t = label_propagation(f_frozen, heads.t_full, **lp_kw) if config.trains_t else None
-    lp_v = label_propagation(f_v, v_nodes, **lp_kw) if config.uses_v else None
+    lp_v = label_propagation(f_v, _v_nodes(config, heads), **lp_kw) if config.uses_v else None
     if lp_v is not None:
         heads.v_classifier = lp_v.centroids.float().cpu()
     return (lp_t.labels if lp_t is not None else None), (lp_v.labels if lp_v is not None else None)
+
+
+def propagation_confidence(config: ReclipConfig, f_v: torch.Tensor, heads: Heads, num_classes: int,
+                           device: torch.device) -> float:
+    """Mean confidence (largest class probability) of label propagation on V's graph of the final
+    model: V's N x D features with V's class nodes, scores normalised to probabilities as the
+    transductive predictions are. A label-free estimate of how often the pseudo labels are
+    right; the calibration's target (docs/method.md, "Safeguard and calibration")."""
+    lp = label_propagation(f_v, _v_nodes(config, heads), **_propagation_settings(config, num_classes, device))
+    return scores_to_probabilities(lp.scores).max(dim=-1).values.mean().item()
+
+
+def _propagation_settings(config: ReclipConfig, num_classes: int, device: torch.device) -> dict:
+    return dict(k=config.k, alpha=config.alpha, cut_dim=config.projection_rank(num_classes), project=config.project,
+                knn=config.knn, knn_backend=config.knn_backend, image_edges=config.image_edges, device=device)
+
+
+def _v_nodes(config: ReclipConfig, heads: Heads) -> torch.Tensor:
+    """C x D class nodes of V's graph: its classifier (``v_graph="centroids"``) or the original text."""
+    return heads.v_classifier if config.v_graph == "centroids" else heads.t_original
 
 
 def _workers(config: ReclipConfig) -> int:

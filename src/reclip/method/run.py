@@ -38,7 +38,7 @@ from .adapter import ADAPTER_FILE, Adapter, adapter_meta, load_into, snapshot
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ReclipConfig
 from .propagation import label_propagation
-from .reclip import RunState, adapt, branch_accuracies
+from .reclip import RunState, adapt, branch_accuracies, propagation_confidence
 from .safeguard import decide, head_agreement
 from .transclip import transclip
 from .zeroshot import class_embeddings, zero_shot_logits
@@ -250,7 +250,9 @@ class _Run:
         predictions = adapted
         if config.mode == "reclip":
             agreement = head_agreement(frozen.features, f_v, heads.t_classifier, heads.v_classifier)
-            decision = decide(logits, agreement, config.safeguard, config.calibrate)
+            target = (propagation_confidence(config, f_v, heads, len(dataset.classnames), model.device)
+                      if config.calibrate else None)
+            decision = decide(logits, agreement, config.safeguard, target)
             metrics["safeguard"] = decision.as_dict()
             meta["safeguard"] = decision.as_dict()
             if decision.kept == "zero-shot":

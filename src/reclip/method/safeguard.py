@@ -6,9 +6,12 @@ class. The two heads look at different features (frozen vs adapted image tower) 
 trained on the labels they agree on; when their pseudo labels are poor they drift apart,
 and the share of disagreement is a label-free estimate of the error (as with two
 independently trained models, Jiang et al., ICLR 2022). Below ``safeguard`` the run keeps
-the zero-shot predictions, and says so. The adapted predictions get a temperature chosen
-so that their mean confidence equals that agreement: an over-confident head is cooled down
-without any label.
+the zero-shot predictions, and says so.
+
+Calibration: the adapted predictions get a temperature chosen so that their mean confidence
+equals a label-free estimate of their accuracy, label propagation's mean confidence on the
+final model's graph (computed by the loop, ``reclip.propagation_confidence``): an
+over-confident head is cooled down without any label.
 """
 from __future__ import annotations
 
@@ -51,26 +54,29 @@ def fit_temperature(logits: torch.Tensor, target: float, iterations: int = 60) -
 @dataclass
 class Decision:
     """What the safeguard chose: ``kept`` ("adapted" or "zero-shot"), the ``agreement`` signal,
-    the ``threshold``, the ``temperature`` applied to the adapted logits and a one-line ``reason``."""
+    the ``threshold``, the ``temperature`` applied to the adapted logits, the mean confidence it
+    aims for (``confidence_target``, None without calibration) and a one-line ``reason``."""
 
     kept: str
     agreement: float
     threshold: float
     temperature: float
+    confidence_target: float | None
     reason: str
 
     def as_dict(self) -> dict:
         return {"kept": self.kept, "agreement": self.agreement, "threshold": self.threshold,
-                "temperature": self.temperature, "reason": self.reason}
+                "temperature": self.temperature, "confidence_target": self.confidence_target, "reason": self.reason}
 
 
-def decide(logits: torch.Tensor, agreement: float, threshold: float, calibrate: bool) -> Decision:
-    """Keep the adapted N x C ``logits`` unless the heads' final ``agreement`` is below ``threshold``."""
-    temperature = fit_temperature(logits, agreement) if calibrate else 1.0
+def decide(logits: torch.Tensor, agreement: float, threshold: float, confidence_target: float | None) -> Decision:
+    """Keep the adapted N x C ``logits`` unless the heads' final ``agreement`` is below ``threshold``;
+    calibrate them to the mean confidence ``confidence_target`` (None: temperature 1)."""
+    temperature = fit_temperature(logits, confidence_target) if confidence_target is not None else 1.0
     if agreement < threshold:
-        return Decision("zero-shot", agreement, threshold, temperature,
+        return Decision("zero-shot", agreement, threshold, temperature, confidence_target,
                         f"T and V agree on {100 * agreement:.1f}% of the images, below the safeguard's "
                         f"{100 * threshold:.0f}%: their pseudo labels were too poor to trust, so the zero-shot "
                         "predictions are kept")
-    return Decision("adapted", agreement, threshold, temperature,
+    return Decision("adapted", agreement, threshold, temperature, confidence_target,
                     f"T and V agree on {100 * agreement:.1f}% of the images (safeguard {100 * threshold:.0f}%)")
