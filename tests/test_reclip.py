@@ -1,6 +1,8 @@
 """The ReCLIP loop end to end on the tiny model: what trains, what it writes, predict, resume."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -114,10 +116,22 @@ def test_self_training_improves_on_zero_shot(domain):
 
 @pytest.fixture(scope="module")
 def adapted_run(domain, templates_file, tmp_path_factory):
+    """The output folder of a ``reclip adapt`` run; what it printed is in ``stdout.txt`` beside it."""
     out = tmp_path_factory.mktemp("run") / "out"
-    assert main(["adapt", "--model", "tiny", "--dataset", str(domain), "--templates", str(templates_file),
-                 "--epochs", "2", "--k", "10", "--workers", "0", "--out", str(out)]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["adapt", "--model", "tiny", "--dataset", str(domain), "--templates", str(templates_file),
+                     "--epochs", "2", "--k", "10", "--workers", "0", "--out", str(out)]) == 0
+    (out.parent / "stdout.txt").write_text(printed.getvalue())
     return out
+
+
+def test_adapt_says_what_the_safeguard_kept_and_how_it_calibrated(adapted_run):
+    guard = json.loads((adapted_run / "metrics.json").read_text())["safeguard"]
+    printed = (adapted_run.parent / "stdout.txt").read_text()
+    assert guard["kept"] == "adapted"
+    assert (f"safeguard: {guard['reason']}; adapted predictions kept; confidences calibrated to a mean of "
+            f"{100 * guard['confidence_target']:.1f}%") in printed
 
 
 def test_adapt_writes_every_output(adapted_run):

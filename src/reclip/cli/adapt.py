@@ -10,7 +10,7 @@ from ..callbacks import PrintProgress
 from ..method.checkpoint import CHECKPOINT
 from ..method.run import ReCLIP
 from .common import (add_data_options, add_method_options, add_model_options, config_from_args, load_inputs,
-                     print_table, sigterm_as_interrupt)
+                     print_table, safeguard_line, sigterm_as_interrupt)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,4 +41,6 @@ def run(args: argparse.Namespace) -> None:
     if distributed.is_main():
         m = result.metrics
         print_table([("zero-shot", m["zero_shot"]), (config.mode, m["final"])])
+        if (line := safeguard_line(m)) is not None:
+            print(line)
         print(f"wrote {args.out} ({m['n']} images, {m['skipped']} skipped) in {m['seconds']:.1f} s")

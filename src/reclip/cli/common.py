@@ -141,6 +141,19 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def safeguard_line(metrics: dict) -> str | None:
+    """One line on a reclip run that kept its adapted predictions: the safeguard's signal and the
+    calibration; None otherwise (a fallback to zero-shot is announced by its own warning)."""
+    guard = metrics.get("safeguard")
+    if guard is None or guard["kept"] != "adapted":
+        return None
+    line = f"safeguard: {guard['reason']}; adapted predictions kept"
+    if guard.get("confidence_target") is not None:
+        line += (f"; confidences calibrated to a mean of {100 * guard['confidence_target']:.1f}% "
+                 f"(label propagation's mean confidence; temperature {guard['temperature']:.2f})")
+    return line
+
+
 def print_table(rows: list[tuple[str, dict]]) -> None:
     """One line per method: top-1, top-5, mean per-class recall, ECE (when labels exist)."""
     keys = ("top1", "top5", "mean_per_class_recall", "ece")

@@ -21,7 +21,7 @@ from ..method.config import ReclipConfig
 from ..method.run import ReCLIP
 from ..models.factory import load_model
 from ..paths import system_package
-from .common import print_table
+from .common import print_table, safeguard_line
 
 GET_DATA = (f"install it with `apt-get install {system_package('fashion_mnist')}` or pass --data-root DIR "
             "holding the Fashion-MNIST IDX files")
@@ -68,4 +68,6 @@ def run(args: argparse.Namespace) -> None:
     write_json(out / "summary.json", summary)
     print(f"\nreclip demo: {summary['n']} Fashion-MNIST test images, {model.name}")
     print_table(table)
+    if (line := safeguard_line(results["reclip"].metrics)) is not None:
+        print(line)
     print(f"report: {out / 'reclip' / 'report.png'}; everything else under {out}")
