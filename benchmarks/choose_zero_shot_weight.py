@@ -6,10 +6,10 @@
 For every dev target it runs zero-shot and reclip with the defaults except the safeguard (off,
 so the adapted logits always exist), then scores, for every weight ``beta`` of the grid, the
 logits ``(1 - beta) * adapted + beta * zero_shot`` (both raw, on the model's logit scale),
-calibrated like reclip's output (a temperature making the mean confidence equal the final T/V
-head agreement). The labels of these dev targets score each weight; the chosen weight is the
-one with the best dev mean top-1 among those that leave no dev target below zero-shot in top-1
-or mean per-class recall (or, when none does, the fewest such targets). Writes
+calibrated as reclip's output was then (a temperature making the mean confidence equal the
+final T/V head agreement). The labels of these dev targets score each weight; the chosen
+weight is the one with the best dev mean top-1 among those that leave no dev target below
+zero-shot in top-1 or mean per-class recall (or, when none does, the fewest such targets). Writes
 benchmarks/results/zero_shot_weight_dev.json. A study only: the library has no such weight (why:
 benchmarks/README.md, "Other settings tried on the dev targets").
 """
