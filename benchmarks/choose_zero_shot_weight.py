@@ -36,7 +36,7 @@ def target_logits(model, name: str, n: int, seed: int) -> dict:
     """Raw adapted and zero-shot logits (N x C, up to a constant per row), head agreement and labels."""
     dataset = load_target(name, None, n, seed)
     dataset.transform = model.preprocess
-    run = ReCLIP(model, ReclipConfig(seed=seed, safeguard=0.0)).fit(dataset)
+    run = ReCLIP(model, ReclipConfig(seed=seed, safeguard=0.0, safeguard_gain=-1.0)).fit(dataset)
     decision = run.metrics["safeguard"]
     return {"adapted": decision["temperature"] * run.predictions.probs.clamp_min(1e-30).log(),
             "zero_shot": run.zero_shot.probs.clamp_min(1e-30).log(),

@@ -87,7 +87,7 @@ def main() -> None:
         dataset.transform = model.preprocess
         frozen = extract_features(model, dataset)
         for lr_t in args.lr_t:
-            config = ReclipConfig(seed=seed, lr_t=lr_t, safeguard=0.0)
+            config = ReclipConfig(seed=seed, lr_t=lr_t, safeguard=0.0, safeguard_gain=-1.0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 run = ReCLIP(model, config).fit(dataset)

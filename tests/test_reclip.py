@@ -90,13 +90,14 @@ def test_v_tower_auto_trains_a_contrastive_model_and_freezes_the_others(domain, 
     assert reclip.ReclipConfig(image_edges="projected").for_model(contrastive=False).image_edges == "projected"
     with pytest.raises(reclip.ConfigError, match="v_tower"):
         config.trains_v
-    _, _, trained = run_library(domain, "reclip", epochs=1, safeguard=0.0)  # one epoch: the heads barely agree
+    _, _, trained = run_library(domain, "reclip", epochs=1, safeguard=0.0, safeguard_gain=-1.0)  # safeguard off
     assert trained.metrics["config"]["v_tower"] == "train" and trained.adapter.image_norms
     assert trained.metrics["config"]["alpha"] == 0.99 and trained.metrics["config"]["image_edges"] == "projected"
     model = reclip.load_model("tiny", device="cpu")
     monkeypatch.setattr(model, "contrastive", False)
     dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
-    result = reclip.ReCLIP(model, epochs=1, k=10, safeguard=0.0, workers=0, cache=False).fit(dataset, TEMPLATES)
+    result = reclip.ReCLIP(model, epochs=1, k=10, safeguard=0.0, safeguard_gain=-1.0, workers=0, cache=False).fit(
+        dataset, TEMPLATES)
     assert result.metrics["config"]["v_tower"] == "frozen" and result.adapter.image_norms == {}
     assert result.metrics["config"]["alpha"] == 0.95 and result.metrics["config"]["image_edges"] == "full"
 
@@ -248,12 +249,17 @@ def test_without_the_agreement_filter_every_sample_trains(domain):
 def test_zero_shot_pseudo_labels_skip_label_propagation(domain, monkeypatch):
     from reclip.method import reclip as loop
 
-    def no_propagation(*args, **kwargs):
-        raise AssertionError("label propagation must not run")
+    calls = []
+    propagate = loop.label_propagation
 
-    monkeypatch.setattr(loop, "label_propagation", no_propagation)
-    # (the calibration's target is label propagation's confidence: off, so that none runs at all)
-    _, _, result = run_library(domain, "reclip", pseudo_labels="zero-shot", calibrate=False)
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return propagate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "label_propagation", counting)
+    _, _, result = run_library(domain, "reclip", pseudo_labels="zero-shot")
+    # one propagation in all: the safeguard's, on the frozen model; none for pseudo labels
+    assert len(calls) == 1 and len(result.history) == 2
     first = result.history[0]
     # epoch 0: T's pseudo labels are T's own predictions, whose accuracy is T's top-1
     assert first["pseudo_label_acc_t"] == pytest.approx(first["top1_t"])

@@ -13,7 +13,7 @@ from reclip.method import run as run_module
 from reclip.method.propagation import PropagationResult, label_propagation
 from reclip.metrics import scores_to_probabilities
 from reclip.method.run import SafeguardWarning
-from reclip.method.safeguard import decide, fit_temperature, head_agreement
+from reclip.method.safeguard import decide, estimated_gain, fit_temperature, head_agreement
 
 
 
@@ -38,11 +38,29 @@ def test_head_agreement_counts_matching_predictions():
 
 def test_decision_keeps_the_adapted_predictions_above_the_threshold():
     logits = torch.randn(50, 3, generator=torch.Generator().manual_seed(0)) * 10
-    high = decide(logits, 0.8, 0.5, confidence_target=0.6)
+    high = decide(logits, 0.8, 0.5, gain=0.05, min_gain=0.0, confidence_target=0.6)
     assert high.kept == "adapted" and high.confidence_target == 0.6
     assert (logits / high.temperature).softmax(-1).max(-1).values.mean().item() == pytest.approx(0.6, abs=1e-4)
-    low = decide(logits, 0.4, 0.5, confidence_target=None)
-    assert low.kept == "zero-shot" and low.temperature == 1.0 and "below the safeguard's 50%" in low.reason
+    low = decide(logits, 0.4, 0.5, gain=0.05, min_gain=0.0, confidence_target=None)
+    assert low.kept == "zero-shot" and low.temperature == 1.0 and "too poor to trust" in low.reason
+
+
+def test_decision_falls_back_when_no_gain_is_estimated():
+    logits = torch.randn(50, 3, generator=torch.Generator().manual_seed(0)) * 10
+    for gain in (0.0, -0.02):
+        d = decide(logits, 0.8, 0.5, gain=gain, min_gain=0.0, confidence_target=None)
+        assert d.kept == "zero-shot" and "at least as likely right" in d.reason and d.estimated_gain == gain
+    assert decide(logits, 0.8, 0.5, gain=1e-4, min_gain=0.0, confidence_target=None).kept == "adapted"
+    # -1 turns the check off, even at the lowest possible gain
+    assert decide(logits, 0.8, 0.5, gain=-1.0, min_gain=-1.0, confidence_target=None).kept == "adapted"
+
+
+def test_estimated_gain_is_the_expected_top1_difference_under_the_posterior():
+    posterior = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.5, 0.5, 0.0]])
+    predicted, zero_shot = torch.tensor([0, 2, 1]), torch.tensor([1, 2, 2])
+    # (0.7 - 0.2) + (0.8 - 0.8) + (0.5 - 0.0), over 3 images
+    assert estimated_gain(posterior, predicted, zero_shot) == pytest.approx(1.0 / 3)
+    assert estimated_gain(posterior, zero_shot, zero_shot) == 0.0
 
 
 def run(domain: Path, **settings):
@@ -55,29 +73,37 @@ def test_good_pseudo_labels_keep_the_adapted_predictions_with_calibrated_confide
     result = run(domain, safeguard=reclip.ReclipConfig().safeguard)
     guard = result.metrics["safeguard"]
     assert guard["kept"] == "adapted" and result.metrics["final"]["top1"] > result.metrics["zero_shot"]["top1"]
-    # the mean confidence is label propagation's on the final V graph
+    # the mean confidence is label propagation's on the frozen model
     assert result.predictions.confidence.mean().item() == pytest.approx(guard["confidence_target"], abs=1e-3)
-    assert all("head_agreement" in e for e in result.history)
+    assert guard["estimated_gain"] > 0 and all("head_agreement" in e and "estimated_gain" in e for e in result.history)
 
 
 def test_calibration_target_is_label_propagations_mean_confidence(domain, monkeypatch):
-    """The target is the mean largest probability of label propagation on V's final features
-    and class nodes, as the transductive predictions normalise them."""
+    """The target is the mean largest probability of label propagation on the frozen model,
+    normalised as the transductive predictions are; the estimated gain reads the same."""
     seen = {}
-    confidence = loop.propagation_confidence
+    posterior = loop.frozen_posterior
 
-    def spy(config, f_v, heads, num_classes, device):
-        seen.update(f_v=f_v.clone(), nodes=heads.t_original.clone(), config=config)
-        seen["target"] = confidence(config, f_v, heads, num_classes, device)
-        return seen["target"]
+    def spy(config, f_frozen, classifier, device):
+        seen.update(features=f_frozen.clone(), nodes=classifier.clone(), config=config)
+        return posterior(config, f_frozen, classifier, device)
 
-    monkeypatch.setattr(run_module, "propagation_confidence", spy)
+    monkeypatch.setattr(run_module, "frozen_posterior", spy)
     result = run(domain, safeguard=0.0)
     c = seen["config"]
-    lp = label_propagation(seen["f_v"], seen["nodes"], k=c.k, alpha=c.alpha, image_edges=c.image_edges)
-    expected = scores_to_probabilities(lp.scores).max(-1).values.mean().item()
-    assert c.v_graph == "text" and result.metrics["safeguard"]["confidence_target"] == pytest.approx(expected)
+    lp = label_propagation(seen["features"], seen["nodes"], k=c.k, alpha=c.alpha, image_edges=c.image_edges)
+    probs = scores_to_probabilities(lp.scores)
+    expected = probs.max(-1).values.mean().item()
+    guard = result.metrics["safeguard"]
+    # the judge is the frozen model: the transductive predictions of the same target
+    transductive = run(domain, mode="transductive").predictions.probs
+    assert torch.allclose(probs, transductive, atol=1e-6)
+    assert guard["confidence_target"] == pytest.approx(expected)
     assert result.predictions.confidence.mean().item() == pytest.approx(expected, abs=1e-3)
+    # the estimated gain reads the same probabilities: adapted vs zero-shot predictions
+    rows = torch.arange(len(probs))
+    gain = (probs[rows, result.predictions.pred] - probs[rows, result.zero_shot.pred]).mean().item()
+    assert guard["estimated_gain"] == pytest.approx(gain, abs=1e-6)
 
 
 def test_no_calibration_keeps_the_raw_confidences(domain):
@@ -91,18 +117,21 @@ def test_random_pseudo_labels_fall_back_to_zero_shot(domain, monkeypatch, tmp_pa
     generator = torch.Generator().manual_seed(0)
 
     def random_labels(features, nodes, **kwargs):
-        """Label propagation whose labels are noise: pseudo labels known to be bad."""
+        """Label propagation whose labels (and so V's centroids) are noise: pseudo labels known to
+        be bad. Its scores stay the real ones: the safeguard reads them."""
         result = propagate(features, nodes, **kwargs)
         labels = torch.randint(0, len(nodes), (len(features),), generator=generator)
-        return PropagationResult(**{**result.__dict__, "labels": labels})
+        sums = torch.zeros(len(nodes), features.shape[1]).index_add_(0, labels, features.float().cpu())
+        return PropagationResult(**{**result.__dict__, "labels": labels,
+                                    "centroids": torch.nn.functional.normalize(sums, dim=1)})
 
     monkeypatch.setattr(loop, "label_propagation", random_labels)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = reclip.load_model("tiny", device="cpu")
         dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
-        result = reclip.ReCLIP(model, epochs=3, k=10, lr_t=0.05, lr_v=0.5, safeguard=0.95, workers=0).fit(
-            dataset, ["a photo of a {}."], out=tmp_path / "out")
+        result = reclip.ReCLIP(model, epochs=3, k=10, lr_t=0.05, lr_v=0.5, safeguard=0.95, safeguard_gain=-1.0,
+                               workers=0).fit(dataset, ["a photo of a {}."], out=tmp_path / "out")
     guard = result.metrics["safeguard"]
     assert guard["kept"] == "zero-shot" and guard["agreement"] < 0.95
     assert [str(w.message) for w in caught if w.category is SafeguardWarning] == [f"safeguard: {guard['reason']}"]
@@ -111,3 +140,22 @@ def test_random_pseudo_labels_fall_back_to_zero_shot(domain, monkeypatch, tmp_pa
     # the saved adapter predicts what the run kept
     adapted = reclip.Adapter.load(tmp_path / "out").apply(reclip.load_model("tiny", device="cpu"))
     assert torch.equal(adapted.predict(dataset, workers=0).probs, result.zero_shot.probs)
+
+
+def test_a_judge_that_rates_zero_shot_right_falls_back_to_zero_shot(domain, monkeypatch):
+    """When label propagation on the frozen model puts all its mass on the zero-shot classes,
+    any adapted prediction that differs has a negative estimated gain: the run keeps zero-shot
+    through that check alone (head agreement off), says why, and records the signal per epoch.
+    (The tiny model's zero-shot is near chance, so no real adaptation here is worse than it.)"""
+    def zero_shot_judge(config, f_frozen, classifier, device):
+        return torch.nn.functional.one_hot((f_frozen @ classifier.T).argmax(-1), len(classifier)).float()
+
+    monkeypatch.setattr(run_module, "frozen_posterior", zero_shot_judge)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(domain, safeguard=0.0)
+    guard = result.metrics["safeguard"]
+    assert guard["kept"] == "zero-shot" and guard["estimated_gain"] < 0 and "at least as likely right" in guard["reason"]
+    assert torch.equal(result.predictions.probs, result.zero_shot.probs) and "final_adapted" in result.metrics
+    assert [str(w.message) for w in caught if w.category is SafeguardWarning] == [f"safeguard: {guard['reason']}"]
+    assert all("estimated_gain" in e for e in result.history) and result.history[-1]["estimated_gain"] <= 0

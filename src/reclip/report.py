@@ -18,8 +18,8 @@ def plot_report(path: str | Path, history: list[dict], zero_shot: dict, final: d
 
     ``history`` holds one dict per epoch (evaluated before that epoch's training pass);
     ``final`` is the evaluation after the last pass, drawn at x = number of epochs;
-    ``safeguard`` (metrics.json's) adds the final head agreement, the threshold and the mean
-    confidence the calibration aimed for.
+    ``safeguard`` (metrics.json's) adds the final head agreement and estimated gain, their
+    thresholds and the mean confidence the calibration aimed for.
     """
     epochs = [h["epoch"] for h in history]
     has_labels = "top1" in zero_shot
@@ -49,8 +49,18 @@ def plot_report(path: str | Path, history: list[dict], zero_shot: dict, final: d
     if safeguard and safeguard.get("confidence_target") is not None:
         ax.plot([len(history)], [100 * safeguard["confidence_target"]], marker="*", ms=12, ls="", color="tab:orange",
                 label="mean confidence after calibration")
-    ax.set(xlabel="epoch", ylabel="% of images", title="T/V agreement and confidence", ylim=(0, 101))
-    ax.legend(fontsize=8)
+    ax.set(xlabel="epoch", ylabel="% of images", title="safeguard signals and confidence", ylim=(0, 101))
+    handles, labels = ax.get_legend_handles_labels()
+    if all("estimated_gain" in h for h in history):
+        gain_ax = ax.twinx()
+        ys = [100 * h["estimated_gain"] for h in history] + ([100 * safeguard["estimated_gain"]] if safeguard else [])
+        gain_ax.plot(list(range(len(ys))), ys, marker="^", color="tab:brown", label="estimated gain, points (right axis)")
+        if safeguard and safeguard["min_gain"] > -1:
+            gain_ax.axhline(100 * safeguard["min_gain"], color="tab:brown", ls=":", label="gain threshold")
+        gain_ax.set_ylabel("estimated top-1 gain over zero-shot (points)")
+        more_handles, more_labels = gain_ax.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, fontsize=7, loc="lower left")
     ax = next(ax_iter)
     for key, label in (("loss_t", "loss T"), ("loss_v", "loss V")):
         if all(key in h for h in history):

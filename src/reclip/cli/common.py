@@ -97,9 +97,13 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--safeguard", type=float, default=d.safeguard,
                    help="reclip mode: keep the zero-shot predictions when T's and V's heads agree on less than "
                         f"this share of the images at the end (default {d.safeguard:g}, chosen on dev targets; 0: off)")
+    g.add_argument("--safeguard-gain", type=float, default=d.safeguard_gain,
+                   help="reclip mode: keep the zero-shot predictions when label propagation's estimate of the "
+                        "adapted predictions' top-1 gain over zero-shot is at most this "
+                        f"(default {d.safeguard_gain:g}; -1: off)")
     g.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="reclip mode: keep the raw confidences (default: a temperature makes their mean "
-                        "equal label propagation's mean confidence on the final model)")
+                        "equal label propagation's mean confidence on the frozen model)")
     g.add_argument("--seed", type=int, default=d.seed)
 
 

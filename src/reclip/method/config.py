@@ -76,11 +76,15 @@ class ReclipConfig:
       ``pseudo_labels="zero-shot"`` trains on each branch's own predictions instead of
       propagated labels.
     safeguard: in ``reclip`` mode, keep the zero-shot predictions when T's and V's heads agree on
-      less than this share of the images at the end (0 turns the safeguard off; the default
+      less than this share of the images at the end (0 turns this check off; the default
       was chosen on the dev targets by benchmarks/choose_safeguard.py).
+    safeguard_gain: in ``reclip`` mode, also keep the zero-shot predictions when the top-1 gain of
+      the adapted predictions over zero-shot, estimated with label propagation's probabilities
+      on the frozen model as soft labels, is at most this (a fraction in [-1, 1]; -1 turns this
+      check off; 0: no estimated gain, no adaptation).
     calibrate: in ``reclip`` mode, scale the final logits by a temperature that makes their mean
-      confidence equal label propagation's mean confidence on the final model's V graph
-      (label-free calibration).
+      confidence equal label propagation's mean confidence on the frozen model (label-free
+      calibration).
     seed: shuffling and initialisation seed.
     workers: data-loading processes (None: cores - 1, at most 4). cache: use the feature cache.
     """
@@ -107,6 +111,7 @@ class ReclipConfig:
     agreement_filter: bool = True
     pseudo_labels: str = "propagated"
     safeguard: float = 0.6
+    safeguard_gain: float = 0.0
     calibrate: bool = True
     seed: int = 0
     workers: int | None = None
@@ -132,6 +137,7 @@ class ReclipConfig:
         if self.alpha is not None:
             _number(self, "alpha", 0.0, 1.0, low_open=True, high_open=True)
         _number(self, "safeguard", 0.0, 1.0)
+        _number(self, "safeguard_gain", -1.0, 1.0)
         for name in ("cache", "project", "agreement_filter", "calibrate"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be True or False; got {getattr(self, name)!r}")

@@ -41,7 +41,7 @@ from ..metrics import scores_to_probabilities
 from ..precision import autocast, full_precision
 from .config import ReclipConfig
 from .propagation import label_propagation
-from .safeguard import head_agreement
+from .safeguard import estimated_gain, head_agreement
 from .zeroshot import LOGIT_SCALE, class_embeddings, ensemble_classifiers
 
 log = logging.getLogger(__name__)
@@ -125,14 +125,16 @@ def masked_ce_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
 def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates: list[str],
           config: ReclipConfig, state: RunState | None = None,
           on_epoch_end: Callable[[RunState, dict[str, torch.optim.Optimizer | None]], None] | None = None,
-          optimizer_state: dict[str, dict] | None = None,
+          optimizer_state: dict[str, dict] | None = None, posterior: torch.Tensor | None = None,
           ) -> tuple[RunState, torch.Tensor, torch.Tensor]:
     """Run ReCLIP self-training on the readable images of ``dataset``.
 
     ``frozen`` holds the frozen image tower's features (N x D) in dataset order; T trains and
     classifies with ``templates[0]``. Pass a ``state`` (and ``optimizer_state``) from a
     checkpoint to resume after ``state.epoch`` epochs. ``on_epoch_end(state, optimizers)`` is
-    called on every rank after every epoch (checkpoints, progress). Raises ``ReclipError``
+    called on every rank after every epoch (checkpoints, progress). With ``posterior`` (N x C,
+    :func:`frozen_posterior`) every epoch records the safeguard's ``estimated_gain`` of the
+    current prediction over zero-shot. Raises ``ReclipError``
     when training produces a non-finite loss or parameter (before that epoch's callback, so
     the last checkpoint stays the last good one). Returns the final state, the final N x D
     features of V and the final N x C prediction logits.
@@ -181,6 +183,9 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
 
         # 2. pseudo labels of each branch (V's classifier becomes its centroids)
         labels_t, labels_v = branch_pseudo_labels(config, frozen.features, f_v, h, len(classnames), device)
+        if posterior is not None:  # the safeguard's second signal, as it stands before this pass
+            stats["estimated_gain"] = estimated_gain(posterior, logits.argmax(dim=-1),
+                                                     zero_shot_predictions(frozen.features, h))
         # a single branch trains on its own pseudo labels (they then always "agree")
         pseudo_t = labels_t if labels_t is not None else labels_v
         pseudo_v = labels_v if labels_v is not None else labels_t
@@ -237,30 +242,33 @@ def branch_pseudo_labels(config: ReclipConfig, f_frozen: torch.Tensor, f_v: torc
         return t, v
     lp_kw = _propagation_settings(config, num_classes, device)
     lp_t = label_propagation(f_frozen, heads.t_full, **lp_kw) if config.trains_t else None
-    lp_v = label_propagation(f_v, _v_nodes(config, heads), **lp_kw) if config.uses_v else None
+    v_nodes = heads.v_classifier if config.v_graph == "centroids" else heads.t_original
+    lp_v = label_propagation(f_v, v_nodes, **lp_kw) if config.uses_v else None
     if lp_v is not None:
         heads.v_classifier = lp_v.centroids.float().cpu()
     return (lp_t.labels if lp_t is not None else None), (lp_v.labels if lp_v is not None else None)
 
 
-def propagation_confidence(config: ReclipConfig, f_v: torch.Tensor, heads: Heads, num_classes: int,
-                           device: torch.device) -> float:
-    """Mean confidence (largest class probability) of label propagation on V's graph of the final
-    model: V's N x D features with V's class nodes, scores normalised to probabilities as the
-    transductive predictions are. A label-free estimate of how often the pseudo labels are
-    right; the calibration's target (docs/method.md, "Safeguard and calibration")."""
-    lp = label_propagation(f_v, _v_nodes(config, heads), **_propagation_settings(config, num_classes, device))
-    return scores_to_probabilities(lp.scores).max(dim=-1).values.mean().item()
+def frozen_posterior(config: ReclipConfig, f_frozen: torch.Tensor, classifier: torch.Tensor,
+                     device: torch.device) -> torch.Tensor:
+    """N x C probabilities of label propagation on the frozen model: the frozen N x D features
+    with its C x D zero-shot ``classifier`` (full-template text embeddings) as class nodes,
+    scores normalised as the transductive predictions are (they are those predictions).
+    Training cannot bend them, so the safeguard's gain estimate and the calibration's target
+    read them (docs/method.md, "Safeguard and calibration")."""
+    lp = label_propagation(f_frozen, classifier, **_propagation_settings(config, len(classifier), device))
+    return scores_to_probabilities(lp.scores)
+
+
+def zero_shot_predictions(f_frozen: torch.Tensor, heads: Heads) -> torch.Tensor:
+    """(N,) zero-shot classes: the frozen N x D features against the frozen model's full-template
+    text embeddings."""
+    return (f_frozen.float() @ heads.t_original.float().T).argmax(dim=-1)
 
 
 def _propagation_settings(config: ReclipConfig, num_classes: int, device: torch.device) -> dict:
     return dict(k=config.k, alpha=config.alpha, cut_dim=config.projection_rank(num_classes), project=config.project,
                 knn=config.knn, knn_backend=config.knn_backend, image_edges=config.image_edges, device=device)
-
-
-def _v_nodes(config: ReclipConfig, heads: Heads) -> torch.Tensor:
-    """C x D class nodes of V's graph: its classifier (``v_graph="centroids"``) or the original text."""
-    return heads.v_classifier if config.v_graph == "centroids" else heads.t_original
 
 
 def _workers(config: ReclipConfig) -> int:

@@ -38,8 +38,8 @@ from .adapter import ADAPTER_FILE, Adapter, adapter_meta, load_into, snapshot
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ReclipConfig
 from .propagation import label_propagation
-from .reclip import RunState, adapt, branch_accuracies, propagation_confidence
-from .safeguard import decide, head_agreement
+from .reclip import RunState, adapt, branch_accuracies, frozen_posterior
+from .safeguard import decide, estimated_gain, head_agreement
 from .transclip import transclip
 from .zeroshot import class_embeddings, zero_shot_logits
 
@@ -233,8 +233,11 @@ class _Run:
             for callback in self.callbacks:
                 callback.on_epoch_end(state.history[-1], epochs)
 
+        # the safeguard's judge: label propagation on the frozen model, which training cannot bend
+        posterior = (frozen_posterior(config, frozen.features, classifier, model.device)
+                     if config.mode == "reclip" else None)
         state, f_v, logits = adapt(model, dataset, frozen, self.templates, config, state,
-                                   on_epoch_end=on_epoch_end, optimizer_state=optimizer_state)
+                                   on_epoch_end=on_epoch_end, optimizer_state=optimizer_state, posterior=posterior)
         heads = state.heads
         adapted = self._predictions(frozen, logits.softmax(dim=-1))
         final = adapted.metrics()
@@ -250,9 +253,9 @@ class _Run:
         predictions = adapted
         if config.mode == "reclip":
             agreement = head_agreement(frozen.features, f_v, heads.t_classifier, heads.v_classifier)
-            target = (propagation_confidence(config, f_v, heads, len(dataset.classnames), model.device)
-                      if config.calibrate else None)
-            decision = decide(logits, agreement, config.safeguard, target)
+            gain = estimated_gain(posterior, logits.argmax(dim=-1), zero_shot.pred)
+            target = posterior.max(dim=-1).values.mean().item() if config.calibrate else None
+            decision = decide(logits, agreement, config.safeguard, gain, config.safeguard_gain, target)
             metrics["safeguard"] = decision.as_dict()
             meta["safeguard"] = decision.as_dict()
             if decision.kept == "zero-shot":

@@ -1,17 +1,21 @@
 """Label-free checks at the end of a ReCLIP run: keep the adapted predictions or fall back
 to zero-shot, and calibrate the confidences (docs/method.md, "Safeguard and calibration").
 
-Signal: the share of images on which ReCLIP-T's head and ReCLIP-V's head predict the same
-class. The two heads look at different features (frozen vs adapted image tower) and are
-trained on the labels they agree on; when their pseudo labels are poor they drift apart,
-and the share of disagreement is a label-free estimate of the error (as with two
-independently trained models, Jiang et al., ICLR 2022). Below ``safeguard`` the run keeps
-the zero-shot predictions, and says so.
+Two signals; either one keeps the zero-shot predictions, and the run says so.
+
+- Head agreement: the share of images on which ReCLIP-T's head and ReCLIP-V's head predict
+  the same class. The two heads look at different features (frozen vs adapted image tower)
+  and are trained on the labels they agree on; when their pseudo labels are poor they drift
+  apart (as two independently trained models do, Jiang et al., ICLR 2022). Below
+  ``safeguard`` the run falls back.
+- Estimated gain: label propagation's probabilities on the frozen model (N x C,
+  ``reclip.frozen_posterior``: the transductive predictions, which training cannot bend) taken
+  as soft labels, the expected top-1 of the adapted predictions minus that of the zero-shot
+  ones. At or below ``safeguard_gain`` the run falls back.
 
 Calibration: the adapted predictions get a temperature chosen so that their mean confidence
-equals a label-free estimate of their accuracy, label propagation's mean confidence on the
-final model's graph (computed by the loop, ``reclip.propagation_confidence``): an
-over-confident head is cooled down without any label.
+equals the mean confidence of those same probabilities, a label-free estimate of the
+accuracy: an over-confident head is cooled down without any label.
 """
 from __future__ import annotations
 
@@ -51,32 +55,47 @@ def fit_temperature(logits: torch.Tensor, target: float, iterations: int = 60) -
     return float(((low + high) / 2).exp())
 
 
+def estimated_gain(posterior: torch.Tensor, predicted: torch.Tensor, zero_shot: torch.Tensor) -> float:
+    """Expected top-1 of the (N,) ``predicted`` classes minus that of the (N,) ``zero_shot``
+    ones when each image's class is drawn from its row of the N x C ``posterior``:
+    ``mean_i posterior[i, predicted_i] - posterior[i, zero_shot_i]``, in [-1, 1]."""
+    rows = torch.arange(len(posterior))
+    return (posterior[rows, predicted] - posterior[rows, zero_shot]).float().mean().item()
+
+
 @dataclass
 class Decision:
-    """What the safeguard chose: ``kept`` ("adapted" or "zero-shot"), the ``agreement`` signal,
-    the ``threshold``, the ``temperature`` applied to the adapted logits, the mean confidence it
-    aims for (``confidence_target``, None without calibration) and a one-line ``reason``."""
+    """What the safeguard chose: ``kept`` ("adapted" or "zero-shot"), both signals and their
+    thresholds (``agreement`` / ``threshold``, ``estimated_gain`` / ``min_gain``), the
+    ``temperature`` applied to the adapted logits, the mean confidence it aims for
+    (``confidence_target``, None without calibration) and a one-line ``reason``."""
 
     kept: str
     agreement: float
     threshold: float
+    estimated_gain: float
+    min_gain: float
     temperature: float
     confidence_target: float | None
     reason: str
 
     def as_dict(self) -> dict:
         return {"kept": self.kept, "agreement": self.agreement, "threshold": self.threshold,
-                "temperature": self.temperature, "confidence_target": self.confidence_target, "reason": self.reason}
+                "estimated_gain": self.estimated_gain, "min_gain": self.min_gain, "temperature": self.temperature,
+                "confidence_target": self.confidence_target, "reason": self.reason}
 
 
-def decide(logits: torch.Tensor, agreement: float, threshold: float, confidence_target: float | None) -> Decision:
-    """Keep the adapted N x C ``logits`` unless the heads' final ``agreement`` is below ``threshold``;
+def decide(logits: torch.Tensor, agreement: float, threshold: float, gain: float, min_gain: float,
+           confidence_target: float | None) -> Decision:
+    """Keep the adapted N x C ``logits`` unless the heads' final ``agreement`` is below
+    ``threshold`` or the ``gain`` estimated by label propagation is at most ``min_gain`` (-1: never);
     calibrate them to the mean confidence ``confidence_target`` (None: temperature 1)."""
     temperature = fit_temperature(logits, confidence_target) if confidence_target is not None else 1.0
-    if agreement < threshold:
-        return Decision("zero-shot", agreement, threshold, temperature, confidence_target,
-                        f"T and V agree on {100 * agreement:.1f}% of the images, below the safeguard's "
-                        f"{100 * threshold:.0f}%: their pseudo labels were too poor to trust, so the zero-shot "
-                        "predictions are kept")
-    return Decision("adapted", agreement, threshold, temperature, confidence_target,
-                    f"T and V agree on {100 * agreement:.1f}% of the images (safeguard {100 * threshold:.0f}%)")
+    signals = (f"T and V agree on {100 * agreement:.1f}% of the images (safeguard {100 * threshold:.0f}%), "
+               f"estimated top-1 gain over zero-shot {100 * gain:+.2f} points (safeguard above {100 * min_gain:+.2f})")
+    if agreement < threshold or (min_gain > -1 and gain <= min_gain):
+        why = ("their pseudo labels were too poor to trust" if agreement < threshold
+               else "label propagation rates the zero-shot predictions at least as likely right")
+        return Decision("zero-shot", agreement, threshold, gain, min_gain, temperature, confidence_target,
+                        f"{signals}: {why}, so the zero-shot predictions are kept")
+    return Decision("adapted", agreement, threshold, gain, min_gain, temperature, confidence_target, signals)
