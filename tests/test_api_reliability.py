@@ -409,3 +409,61 @@ def test_an_empty_out_is_refused(base, tmp_path, capsys, monkeypatch, command):
     err = cli_error(capsys, command, *argv)
     assert err.startswith("reclip: error: --out is an empty path")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- principles: caches prove their content, a full temporary folder is one line ---------
+
+def test_a_cache_entry_is_not_served_for_a_file_replaced_with_its_times_kept(make_image_folder, tiny, tmp_path):
+    folder = make_image_folder({"ant": 2, "bee": 2}, ext=".bmp")  # every file the same size
+    first = reclip.ReCLIP(tiny, mode="zero-shot", workers=0).fit(
+        reclip.load_dataset(str(folder), transform=tiny.preprocess))
+    # another image of the same size, given the old one's times (as cp -p or rsync -t would)
+    target, other = folder / "ant" / "img0.bmp", folder / "bee" / "img0.bmp"
+    assert target.stat().st_size == other.stat().st_size
+    times = target.stat()
+    replacement = tmp_path / "replacement.bmp"
+    shutil.copyfile(other, replacement)
+    os.utime(replacement, ns=(times.st_atime_ns, times.st_mtime_ns))
+    os.replace(replacement, target)
+    again = reclip.ReCLIP(tiny, mode="zero-shot", workers=0).fit(
+        reclip.load_dataset(str(folder), transform=tiny.preprocess))
+    assert again.metrics["images_per_s"] is not None  # extracted, not served from the cache
+    assert not torch.equal(again.zero_shot.probs, first.zero_shot.probs)
+
+
+def test_the_same_files_under_other_labels_are_another_cache_entry(tmp_path, make_image_folder, tiny):
+    table = csv_file(tmp_path, make_image_folder, ["img0.png,cat", "img1.png,dog", "img2.png,dog"])
+    first = reclip.ReCLIP(tiny, mode="zero-shot", workers=0).fit(
+        reclip.load_dataset(str(table), transform=tiny.preprocess, classnames=["cat", "dog"]))
+    swapped = reclip.ReCLIP(tiny, mode="zero-shot", workers=0).fit(
+        reclip.load_dataset(str(table), transform=tiny.preprocess, classnames=["dog", "cat"]))
+    assert first.predictions.labels.tolist() == [0, 1, 1] and swapped.predictions.labels.tolist() == [1, 0, 0]
+
+
+def test_no_room_for_the_pixel_cache_is_one_line_and_leaves_no_file(base, tiny, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    _, data = base
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    dataset = reclip.load_dataset(str(data), transform=tiny.preprocess)
+    err = api_error(reclip.ReCLIP(tiny, epochs=1, k=5, workers=0).fit, dataset, out=tmp_path / "out")
+    assert err.startswith("cannot write the decoded-pixel cache") and str(tmp_path / "tmp") in err
+    assert list((tmp_path / "tmp").iterdir()) == [] and not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_an_unusable_temporary_folder_is_one_line(base, tiny, tmp_path, monkeypatch):
+    import tempfile
+
+    _, data = base
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "file" / "tmp"))
+    dataset = reclip.load_dataset(str(data), transform=tiny.preprocess)
+    err = api_error(reclip.ReCLIP(tiny, epochs=1, k=5, workers=0).fit, dataset)
+    assert err.startswith("cannot write the decoded-pixel cache in") and str(tmp_path / "file") in err

@@ -36,6 +36,7 @@ from reclip.data.images import (
 from reclip.data.webdataset import CLASSNAMES_FILE, WDS_PREFIX, check_labels, wds_source
 from reclip.data.prompts import benchmark_templates, check_classnames, get_classnames, read_classnames
 from reclip.errors import ArgumentError, ReclipError
+from reclip.fingerprint import stat_key
 
 ClassNames = list[list[str]]
 ClassNamesArg = str | os.PathLike[str] | Sequence[str | Sequence[str]] | None  # a file or a list
@@ -145,16 +146,17 @@ class ImageDataset(Dataset):
         return sub
 
     def fingerprint(self) -> str:
-        """A stable hash of what the images are: name, resolved root, split, size and file
-        sizes/mtimes (and the selection, for a subset); how the spec was typed does not matter.
+        """A stable hash of what the images are: name, resolved root, split, size, labels and
+        each file's ``fingerprint.stat_key`` (and the selection, for a subset); how the spec was
+        typed does not matter.
 
         Use it to key cached image features (together with the model and its transform).
         """
         digest = hashlib.sha256(json.dumps([self.name, self.root, self.split, len(self), self._selection]).encode())
+        digest.update(self.labels.tobytes())  # the cache stores labels: the same files under other class names differ
         for file in self._files:
             try:
-                stat = os.stat(file)
-                digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                digest.update(f"{file}\0{stat_key(os.stat(file))}\n".encode())
             except OSError:
                 digest.update(f"{file}\0missing\n".encode())
         return digest.hexdigest()[:16]
