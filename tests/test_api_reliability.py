@@ -467,3 +467,25 @@ def test_an_unusable_temporary_folder_is_one_line(base, tiny, tmp_path, monkeypa
     dataset = reclip.load_dataset(str(data), transform=tiny.preprocess)
     err = api_error(reclip.ReCLIP(tiny, epochs=1, k=5, workers=0).fit, dataset)
     assert err.startswith("cannot write the decoded-pixel cache in") and str(tmp_path / "file") in err
+
+
+def test_a_later_run_in_the_same_folder_leaves_nothing_of_the_earlier_one(base, tiny, tmp_path):
+    out, data = base
+    folder = tmp_path / "run"
+    shutil.copytree(out, folder)
+    assert (folder / "adapter.safetensors").is_file() and (folder / "report.png").is_file()
+    reclip.ReCLIP(tiny, mode="zero-shot", workers=0).fit(
+        reclip.load_dataset(str(data), transform=tiny.preprocess), out=folder)
+    assert not (folder / "adapter.safetensors").exists() and not (folder / "report.png").exists()
+    assert json.loads((folder / "metrics.json").read_text())["mode"] == "zero-shot"
+
+
+def test_subset_and_random_subset_check_their_arguments(base, tiny):
+    _, data = base
+    dataset = reclip.load_dataset(str(data), transform=tiny.preprocess)
+    assert api_error(dataset.subset, [0, 24]).startswith("indices holds 24, outside the dataset's 24 images")
+    assert api_error(dataset.subset, [0.5]).startswith("indices must be a flat list of whole numbers")
+    assert len(dataset.subset(np.array([3, 1], dtype=np.int32))) == 2
+    assert api_error(reclip.random_subset, dataset, 0) == "n must be at least 1; got 0"
+    assert len(reclip.random_subset(dataset, np.int64(5), seed=np.int64(1))) == 5
+    assert api_error(reclip.random_subset, "folder", 5).startswith("dataset must be an ImageDataset")

@@ -125,6 +125,15 @@ def output_folder(path: str | Path, outputs: Sequence[str] = (), inputs: Sequenc
         yield out
 
 
+def remove_stale(folder: Path, names: Sequence[str], written: Sequence[Path]) -> None:
+    """Delete the files ``names`` in ``folder`` that this run did not write: an earlier run's
+    outputs (an adapter left beside a later zero-shot run's metrics) would mix two runs."""
+    kept = {Path(p).name for p in written}
+    for name in names:
+        if name not in kept:
+            (folder / name).unlink(missing_ok=True)
+
+
 def is_within(path: Path, folder: Path) -> bool:
     """True when ``path`` (existing or not) is ``folder`` or lies below it, links resolved."""
     inner, outer = Path(os.path.realpath(path)), Path(os.path.realpath(folder))

@@ -133,7 +133,7 @@ class ImageDataset(Dataset):
 
     def subset(self, indices: Sequence[int]) -> "ImageDataset":
         """The images at ``indices`` (in that order) as a dataset of their own, indexed from 0."""
-        idx = np.asarray(indices, dtype=np.int64)
+        idx = _positions(indices, len(self))
         source = Source(images=_Selection(self._images, idx), labels=self.labels[idx],
                         classnames=self.classnames,
                         paths=[self.paths[i] for i in idx] if self.paths is not None else None,
@@ -171,6 +171,22 @@ class ImageDataset(Dataset):
         if not self._warned[index]:
             self._warned[index] = True
             warnings.warn(f"skipping unreadable image: {exc}", SkippedImageWarning, stacklevel=3)
+
+
+def _positions(indices: Sequence[int], size: int) -> np.ndarray:
+    """``indices`` as an int64 array, each a whole number in [0, size)."""
+    if isinstance(indices, (str, bytes)) or not isinstance(indices, (Sequence, np.ndarray, torch.Tensor)):
+        raise ArgumentError("indices", f"must be a list of image positions; got {type(indices).__name__}")
+    idx = np.asarray(indices)
+    if idx.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if idx.ndim != 1 or idx.dtype.kind not in "iu":
+        raise ArgumentError("indices", f"must be a flat list of whole numbers; got dtype {idx.dtype} and shape "
+                                       f"{idx.shape}")
+    bad = idx[(idx < 0) | (idx >= size)]
+    if len(bad):
+        raise ArgumentError("indices", f"holds {int(bad[0])}, outside the dataset's {size} images (0..{size - 1})")
+    return idx.astype(np.int64)
 
 
 class _Selection(Sequence):

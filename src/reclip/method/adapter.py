@@ -158,6 +158,8 @@ class AdaptedModel:
         list may be in any order or a subset; a class the adapter does not know is refused.
         """
         checks.dataset_argument(dataset)
+        batch_size = checks.whole_number(batch_size, "batch_size", minimum=1)
+        workers = None if workers is None else checks.whole_number(workers, "workers", minimum=0)
         labels = self._labels_of(dataset)
         both = encode_dataset(lambda images: torch.cat(self.encode(images), dim=1), self.model.device, dataset,
                               list(range(len(dataset))), batch_size=batch_size,

@@ -29,7 +29,7 @@ from ..data.prompts import get_templates
 from ..errors import ReclipError
 from ..features import Features, extract_features
 from ..fingerprint import weights_fingerprint
-from ..io import output_folder, write_json
+from ..io import output_folder, remove_stale, write_json
 from ..metrics import scores_to_probabilities
 from ..models.base import DualEncoder
 from ..predictions import Predictions
@@ -88,6 +88,7 @@ class ReclipResult:
             plot_report(written[-1], self.history, self.metrics["zero_shot"], self.metrics["final"], self.title,
                         self.metrics.get("safeguard"))
         write_json(written[1], self.metrics)  # last: its presence means the run finished
+        remove_stale(out, (ADAPTER_FILE, REPORT_FILE), written)
         return written
 
 
