@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .data.prompts import PLACEHOLDER
 from .errors import ArgumentError, ReclipError
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 #: Seeds are drawn from [0, MAX_SEED]: torch, numpy and the per-epoch shuffle seed
 #: (seed * 100_003 + epoch, below 2**63) all accept every value in it.
 MAX_SEED = 2**32 - 1
-PLACEHOLDER = "{}"
 
 
 def shown(value: Any) -> str:
