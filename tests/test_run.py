@@ -3,6 +3,7 @@ Python, the feature cache's identity, resume identity and output-folder safety."
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -92,8 +93,10 @@ def test_readme_python_example_runs_on_the_tiny_model(domain, tmp_path, monkeypa
     assert (tmp_path / "runs" / "new.csv").is_file()
     assert len(predictions) == 75 and len(result.predictions) == 100
     # the adapter in a fresh model predicts what the run predicted, image for image
-    run_pred = dict(zip(result.predictions.image_paths, result.predictions.pred_names))
-    new_pred = dict(zip(predictions.image_paths, predictions.pred_names))
+    # image paths are made absolute when the dataset is loaded
+    run_pred = {os.path.relpath(p, tmp_path): n for p, n in zip(result.predictions.image_paths,
+                                                                 result.predictions.pred_names)}
+    new_pred = {os.path.relpath(p, tmp_path): n for p, n in zip(predictions.image_paths, predictions.pred_names)}
     assert new_pred and all(run_pred["photos" + p[len("new_photos"):]] == name for p, name in new_pred.items())
 
 

@@ -10,8 +10,9 @@ Public API (imported lazily so ``import reclip`` stays fast):
 - ``Adapter.load(path).apply(model)`` -> ``AdaptedModel`` (``predict(dataset)`` -> ``Predictions``)
 - ``label_propagation(image_features, class_embeddings, ...)`` -> ``PropagationResult``;
   ``projection(class_embeddings, cut_dim=None)``; ``transclip(image_features, classifier=...)``
-- ``Callback`` (hooks into ``fit``), ``ReclipError`` (every error a user can fix) and its
-  subclass ``ConfigError`` (a bad setting; ``param`` names it)
+- ``Callback`` (hooks into ``fit``), ``ReclipError`` (every error a user can fix), its
+  subclass ``ArgumentError`` (a bad argument; ``param`` names it) and that one's subclass
+  ``ConfigError`` (a bad ``ReclipConfig`` setting)
 
 The method, step by step, is in docs/method.md.
 """
@@ -41,6 +42,7 @@ _EXPORTS = {
     "Adapter": "reclip.method.adapter",
     "AdaptedModel": "reclip.method.adapter",
     "ReclipError": "reclip.errors",
+    "ArgumentError": "reclip.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

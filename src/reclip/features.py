@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 from . import __version__, distributed
 from .data.datasets import ImageDataset, collate
 from .fingerprint import image_state_fingerprint, tensors_fingerprint, weights_fingerprint
-from .io import atomic_path
+from .errors import ReclipError
+from .io import atomic_path, temporary_sibling
 from .models.base import DualEncoder
-from .paths import feature_cache_dir
+from .paths import CACHE_ENV, feature_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ def extract_features(model: DualEncoder, dataset: ImageDataset, *, batch_size: i
     workers = default_workers() if workers is None else workers
     path = feature_cache_dir() / f"{_cache_key(model, dataset, calibrate)}.safetensors"
     cached = _read_cache(path) if use_cache else None
+    writable = use_cache and cached is None and distributed.is_main() and _cache_writable(path.parent)
     if distributed.all_agree(cached is not None):
         state = {k[len("state."):]: v for k, v in cached.items() if k.startswith("state.")}
         if calibrate and model.needs_calibration:
@@ -151,17 +153,29 @@ def extract_features(model: DualEncoder, dataset: ImageDataset, *, batch_size: i
         out = encode_dataset(model.encode_image, model.device, dataset, positions, batch_size=batch_size,
                              workers=workers, desc=f"features {dataset.name}")
     out.seconds = time.perf_counter() - start
-    if use_cache and len(out.indices) and distributed.is_main():
+    if writable and len(out.indices):
         blob = {"features": out.features.contiguous(), "indices": out.indices, "labels": out.labels,
                 "skipped": torch.tensor(out.skipped, dtype=torch.long)}
         blob.update({f"state.{k}": v.detach().cpu().contiguous() for k, v in model.extra_state().items()})
         try:
             with atomic_path(path) as tmp:
                 save_file(blob, str(tmp))
-        except OSError as exc:
-            warnings.warn(f"could not write the feature cache in {path.parent} ({exc.strerror}); "
-                          f"set RECLIP_CACHE to a writable folder to reuse features", RuntimeWarning, stacklevel=2)
+        except ReclipError as exc:  # the disk filled up meanwhile: the features are still good
+            warnings.warn(f"feature cache not written: {exc}", RuntimeWarning, stacklevel=2)
     return out
+
+
+def _cache_writable(folder: Path) -> bool:
+    """True when a cache entry can be written in ``folder``; else one warning, and the run goes
+    on without writing the cache (checked before the extraction, not after it)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary_sibling(folder / "probe").unlink()
+        return True
+    except OSError as exc:
+        warnings.warn(f"the feature cache {folder} is not writable ({exc.strerror}); running without it "
+                      f"(set {CACHE_ENV} to a writable folder, or pass --no-cache)", RuntimeWarning, stacklevel=3)
+        return False
 
 
 CACHE_KEYS = ("features", "indices", "labels", "skipped")
@@ -169,7 +183,7 @@ CACHE_KEYS = ("features", "indices", "labels", "skipped")
 
 def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
     """A cache entry, or None when it is missing or damaged (then it is rewritten)."""
-    if not path.is_file():
+    if not os.path.isfile(path):  # False, not an error, in a folder we may not read
         return None
     try:
         blob = load_file(path)

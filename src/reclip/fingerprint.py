@@ -10,22 +10,28 @@ import torch
 
 from .models.base import DualEncoder
 
-EDGE_BYTES = 1 << 20  # hash the first and the last MB of each file, with its size and mtime
+EDGE_BYTES = 1 << 20  # hash the first and the last MB of each file, with its identity and times
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".model", ".txt")
 
 
 def file_fingerprint(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's size, mtime and first and last MB: changes whenever the file is
+    """sha256 of a file's ``stat_key`` and first and last MB: changes whenever the file is
     rewritten, without reading gigabytes of weights."""
     path = Path(path)
     stat = path.stat()
-    h = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    h = hashlib.sha256(stat_key(stat).encode())
     with open(path, "rb") as f:
         h.update(f.read(EDGE_BYTES))
         if stat.st_size > 2 * EDGE_BYTES:
             f.seek(-EDGE_BYTES, os.SEEK_END)
             h.update(f.read(EDGE_BYTES))
     return h.hexdigest()
+
+
+def stat_key(stat: os.stat_result) -> str:
+    """What proves a file unchanged without reading it: size, modification time, and the inode
+    and its change time, which no copy (``cp -p``, ``rsync -t``) and no write can keep."""
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_ctime_ns}"
 
 
 def folder_fingerprint(folder: str | os.PathLike[str]) -> str:

@@ -1,5 +1,8 @@
 """Atomic output files: every file is written to a temporary sibling, then renamed into place,
-so an interrupted run never leaves a half-written file behind."""
+so an interrupted run never leaves a half-written file behind. Every output gets the usual
+permissions (0666 less the umask), whatever library wrote it. Output folders are held by a
+lock file, which also marks them as reclip's; outputs never replace an input of the run or a
+file that reclip did not write."""
 from __future__ import annotations
 
 import contextlib
@@ -12,6 +15,13 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .errors import ReclipError
+
+
+def umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -42,6 +52,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise ReclipError(f"cannot write {path} ({exc.strerror}); pass a writable folder") from None
     try:
         yield tmp
+        # writers that replace the file (safetensors creates it 0600) lose the usual mode
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except OSError as exc:  # a full disk, a quota, a folder made read-only meanwhile
         raise ReclipError(f"cannot write {path} ({exc.strerror}); free some space or pass another folder; "
@@ -72,15 +84,31 @@ LOCK_FILE = ".reclip.lock"
 
 
 @contextlib.contextmanager
-def output_folder(path: str | Path) -> Iterator[Path]:
-    """Create ``path`` and hold it for one run: refuses a file, an unwritable folder and a
-    folder another run is writing (a lock file), and removes temporary files that a killed
-    run left there. Checked before any work starts, so a bad folder fails in seconds."""
+def output_folder(path: str | Path, outputs: Sequence[str] = (), inputs: Sequence[str | Path] = ()) -> Iterator[Path]:
+    """Create ``path`` and hold it for one run: refuses a file, an unwritable folder, a folder
+    another run is writing (a lock file), a folder inside one of ``inputs`` (a dataset folder),
+    and a folder that reclip never held whose files would be replaced by ``outputs`` (names of
+    the run's files); removes temporary files that a killed run left there. Checked before any
+    work starts, so a bad folder fails in seconds."""
     import fcntl
 
+    if not str(path).strip():
+        raise ReclipError("the output folder is an empty path; pass a folder name (use '.' for the current folder)")
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
         raise ReclipError(f"output folder {out} is a file; pass a folder for the outputs")
+    for source in inputs:
+        if Path(source).is_dir() and is_within(out, Path(source)):
+            raise ReclipError(f"output folder {out} is inside the input folder {source}; its outputs would become "
+                              "part of the input; pass a folder outside it")
+        clash = next((name for name in outputs if same_file(out / name, source)), None)
+        if clash is not None:
+            raise ReclipError(f"output folder {out}: its {clash} is the input file {source}, which the run would "
+                              "destroy; pass another output folder")
+    foreign = [name for name in outputs if (out / name).exists()] if not (out / LOCK_FILE).exists() else []
+    if foreign:
+        raise ReclipError(f"output folder {out} holds {foreign[0]}, which reclip did not write (the folder has "
+                          "never held a reclip run); pass a new or empty folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = open(out / LOCK_FILE, "a")
@@ -95,3 +123,40 @@ def output_folder(path: str | Path) -> Iterator[Path]:
         for stale in stale_temporaries(out) + stale_temporaries(out / "checkpoint"):
             stale.unlink(missing_ok=True)
         yield out
+
+
+def remove_stale(folder: Path, names: Sequence[str], written: Sequence[Path]) -> None:
+    """Delete the files ``names`` in ``folder`` that this run did not write: an earlier run's
+    outputs (an adapter left beside a later zero-shot run's metrics) would mix two runs."""
+    kept = {Path(p).name for p in written}
+    for name in names:
+        if name not in kept:
+            (folder / name).unlink(missing_ok=True)
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    """True when ``path`` (existing or not) is ``folder`` or lies below it, links resolved."""
+    inner, outer = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return inner == outer or outer in inner.parents
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when both paths exist and are one file (links and hard links included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_overwriting_inputs(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, str | Path]]) -> None:
+    """Refuse an output path (``(what, path)``) that is one of the ``inputs`` (``(what, path)``:
+    files, or folders that the output would land inside), or that two outputs share."""
+    for i, (what, out) in enumerate(outputs):
+        for other_what, other in outputs[:i]:
+            if os.path.realpath(out) == os.path.realpath(other):
+                raise ReclipError(f"{what} {out} is also the {other_what}; give them different names")
+        for source_what, source in inputs:
+            if same_file(out, source) or (Path(source).is_dir() and is_within(out, Path(source))):
+                relation = "is" if same_file(out, source) else "is inside"
+                raise ReclipError(f"{what} {out} {relation} the {source_what} {source}, which it would destroy; "
+                                  "pass another output path")

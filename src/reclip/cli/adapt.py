@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import distributed
+from .. import checks, distributed
 from ..callbacks import PrintProgress
 from ..method.checkpoint import CHECKPOINT
 from ..method.run import ReCLIP
@@ -27,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     config = config_from_args(args)  # option errors first, before any model is loaded
+    checks.path_argument(args.out, "out")
     model, dataset, templates = load_inputs(args)
     try:
         with sigterm_as_interrupt():

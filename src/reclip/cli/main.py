@@ -7,8 +7,7 @@ import sys
 import warnings
 
 from .. import __version__, distributed
-from ..errors import ReclipError
-from ..method.config import ConfigError
+from ..errors import ArgumentError, ReclipError
 from .common import flag
 
 
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "device"):
             args.device = distributed.init(args.device)
         args.func(args)
-    except ConfigError as exc:
+    except ArgumentError as exc:  # a library argument or setting: shown as its flag
         print(f"reclip: error: {flag(exc.param)} {exc.problem}", file=sys.stderr)
         return 2
     except ReclipError as exc:

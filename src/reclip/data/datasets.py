@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -30,17 +31,21 @@ from reclip.data.images import (
     UnreadableImage,
     class_source,
     name_key,
-    walk_images,
+    scan_images,
 )
 from reclip.data.webdataset import CLASSNAMES_FILE, WDS_PREFIX, check_labels, wds_source
-from reclip.data.prompts import benchmark_templates, get_classnames, read_classnames
-from reclip.errors import ReclipError
+from reclip.data.prompts import benchmark_templates, check_classnames, get_classnames, read_classnames
+from reclip.errors import ArgumentError, ReclipError
+from reclip.fingerprint import stat_key
 
 ClassNames = list[list[str]]
 ClassNamesArg = str | os.PathLike[str] | Sequence[str | Sequence[str]] | None  # a file or a list
 Item = tuple[Any, int, int]  # (image or None, index, label)
 
 _TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+_OTHER_DELIMITERS = (";", "\t", ",", "|")  # tried, in order, when a table has one column under its own
+_DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "'|'"}
+UNREADABLE = "unreadable images"  # the kind of skipped entry that failed to decode
 _NEED_CLASSNAMES = "pass --classnames FILE (one class name per line)"
 
 
@@ -91,6 +96,20 @@ class ImageDataset(Dataset):
         # processes (fresh copies on every pass) report each image once in all
         self._warned = torch.zeros(len(self.labels), dtype=torch.bool).share_memory_()
         self._selection = ""  # set by subset(): which images of the full dataset these are
+        self.unlisted = dict(source.unlisted)  # entries of the data not among the images, by kind
+
+    @property
+    def is_subset(self) -> bool:
+        """True for a dataset made by ``subset`` (or ``random_subset``)."""
+        return bool(self._selection)
+
+    def skipped_counts(self, unreadable: Sequence[int]) -> dict[str, Any]:
+        """``{"skipped": total, "skipped_by_kind": {kind: count}}``: every entry of the data that
+        was not read: the ``unreadable`` image indices of a pass, and what loading left out
+        (broken links, unreadable folders, images outside the class folders...). A subset
+        counts only its own unreadable images."""
+        kinds = {**self.unlisted, **({UNREADABLE: len(unreadable)} if len(unreadable) else {})}
+        return {"skipped": sum(kinds.values()), "skipped_by_kind": kinds}
 
     @property
     def has_labels(self) -> bool:
@@ -114,7 +133,7 @@ class ImageDataset(Dataset):
 
     def subset(self, indices: Sequence[int]) -> "ImageDataset":
         """The images at ``indices`` (in that order) as a dataset of their own, indexed from 0."""
-        idx = np.asarray(indices, dtype=np.int64)
+        idx = _positions(indices, len(self))
         source = Source(images=_Selection(self._images, idx), labels=self.labels[idx],
                         classnames=self.classnames,
                         paths=[self.paths[i] for i in idx] if self.paths is not None else None,
@@ -122,20 +141,22 @@ class ImageDataset(Dataset):
         sub = ImageDataset(source, self.classnames, name=self.name, spec=self.spec, root=self.root,
                            split=self.split, templates=self.templates, transform=self.transform,
                            strict=self.strict)
+        sub.unlisted = {}
         sub._selection = hashlib.sha256(self._selection.encode() + idx.tobytes()).hexdigest()[:16]
         return sub
 
     def fingerprint(self) -> str:
-        """A stable hash of what the images are: name, resolved root, split, size and file
-        sizes/mtimes (and the selection, for a subset); how the spec was typed does not matter.
+        """A stable hash of what the images are: name, resolved root, split, size, labels and
+        each file's ``fingerprint.stat_key`` (and the selection, for a subset); how the spec was
+        typed does not matter.
 
         Use it to key cached image features (together with the model and its transform).
         """
         digest = hashlib.sha256(json.dumps([self.name, self.root, self.split, len(self), self._selection]).encode())
+        digest.update(self.labels.tobytes())  # the cache stores labels: the same files under other class names differ
         for file in self._files:
             try:
-                stat = os.stat(file)
-                digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                digest.update(f"{file}\0{stat_key(os.stat(file))}\n".encode())
             except OSError:
                 digest.update(f"{file}\0missing\n".encode())
         return digest.hexdigest()[:16]
@@ -150,6 +171,22 @@ class ImageDataset(Dataset):
         if not self._warned[index]:
             self._warned[index] = True
             warnings.warn(f"skipping unreadable image: {exc}", SkippedImageWarning, stacklevel=3)
+
+
+def _positions(indices: Sequence[int], size: int) -> np.ndarray:
+    """``indices`` as an int64 array, each a whole number in [0, size)."""
+    if isinstance(indices, (str, bytes)) or not isinstance(indices, (Sequence, np.ndarray, torch.Tensor)):
+        raise ArgumentError("indices", f"must be a list of image positions; got {type(indices).__name__}")
+    idx = np.asarray(indices)
+    if idx.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if idx.ndim != 1 or idx.dtype.kind not in "iu":
+        raise ArgumentError("indices", f"must be a flat list of whole numbers; got dtype {idx.dtype} and shape "
+                                       f"{idx.shape}")
+    bad = idx[(idx < 0) | (idx >= size)]
+    if len(bad):
+        raise ArgumentError("indices", f"holds {int(bad[0])}, outside the dataset's {size} images (0..{size - 1})")
+    return idx.astype(np.int64)
 
 
 class _Selection(Sequence):
@@ -214,6 +251,17 @@ def load_dataset(
     ``root`` is only used for benchmarks; ``split`` only selects a benchmark split.
     Raises ``ReclipError`` with a one-line message for any problem the user can fix.
     """
+    if not isinstance(spec, (str, os.PathLike)) or not os.fspath(spec).strip():
+        raise ArgumentError("spec", f"must be a folder, a CSV/TSV file or a benchmark name; got {spec!r}")
+    if transform is not None and not callable(transform):
+        raise ArgumentError("transform", f"must be callable (such as model.preprocess) or None; got {transform!r}")
+    for name, flag in (("strict", strict), ("download", download)):
+        if not isinstance(flag, bool):
+            raise ArgumentError(name, f"must be True or False; got {flag!r}")
+    if not isinstance(split, str):
+        raise ArgumentError("split", f"must be a split name such as 'test'; got {split!r}")
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ArgumentError("root", f"must be a folder path or None; got {root!r}")
     given = _given_classnames(classnames)
     text = os.fspath(spec)
     if text.startswith(WDS_PREFIX):
@@ -226,7 +274,8 @@ def load_dataset(
             source, names, name=name, spec=text, root=str(folder), split=split,
             templates=benchmark_templates(name), transform=transform, strict=strict,
         )
-    path = Path(text).expanduser()
+    # absolute from here on, so that a later os.chdir cannot make the images unreachable
+    path = Path(os.path.abspath(Path(text).expanduser()))
     if path.is_dir():
         source, names = _folder_source(path, given)
     elif path.is_file() and path.suffix.lower() in _TABLE_DELIMITERS:
@@ -240,7 +289,7 @@ def load_dataset(
     )
 
 
-def _webdataset(spec: str, given: _GivenClasses | None, transform: Callable[[Any], Any] | None,
+def _webdataset(spec: str, given: GivenClasses | None, transform: Callable[[Any], Any] | None,
                 strict: bool) -> ImageDataset:
     source, names, templates, root = wds_source(spec, strict)
     if names is None:
@@ -255,25 +304,27 @@ def _webdataset(spec: str, given: _GivenClasses | None, transform: Callable[[Any
 
 # --- class names given by the user ------------------------------------------------------
 
-class _GivenClasses(NamedTuple):
+class GivenClasses(NamedTuple):
+    """Class names and where they come from ("class-names file X", "adapter Y"), for messages;
+    ``load_dataset(classnames=GivenClasses(...))`` names that origin in its errors."""
+
     names: ClassNames
-    origin: str  # "class-names file X" or "the classnames list", for messages
+    origin: str
 
 
-def _given_classnames(classnames: ClassNamesArg) -> _GivenClasses | None:
+def _given_classnames(classnames: ClassNamesArg) -> GivenClasses | None:
     """The user's class names (file or list) with a description of where they came from."""
     if classnames is None:
         return None
+    if isinstance(classnames, GivenClasses):
+        return GivenClasses(check_classnames(classnames.names), classnames.origin)
     if isinstance(classnames, (str, os.PathLike)):
-        return _GivenClasses(read_classnames(classnames), f"class-names file {os.fspath(classnames)}")
-    names = [[entry] if isinstance(entry, str) else list(entry) for entry in classnames]
-    if not names or not all(names):
-        raise ReclipError("the classnames list is empty or has an empty entry; give one name (or synonyms) per class")
-    return _GivenClasses(names, "the classnames list")
+        return GivenClasses(read_classnames(classnames), f"class-names file {os.fspath(classnames)}")
+    return GivenClasses(check_classnames(classnames), "the classnames list")
 
 
 def _attach_classnames(
-    source: Source, given: _GivenClasses | None, found: str, by_position: bool
+    source: Source, given: GivenClasses | None, found: str, by_position: bool
 ) -> tuple[Source, ClassNames]:
     """The final class list, with ``source.labels`` re-indexed into it when needed.
 
@@ -299,10 +350,9 @@ def _attach_classnames(
     if by_position and len(source.classnames) == len(given.names):
         return source, given.names
     missing = source.classnames[int(np.argmin(mapping))][0]
-    detail = "" if by_position else f" and it does not name '{missing}'"
     raise ReclipError(
-        f"{given.origin} lists {len(given.names)} classes but {found}{detail}; "
-        "give one line per class (synonyms separated by |)"
+        f"{given.origin} lists {len(given.names)} classes but {found}, and it does not name '{missing}'; "
+        "give one name per class of the data (synonyms separated by |)"
     )
 
 
@@ -321,7 +371,7 @@ def _map_by_name(found: ClassNames, given: ClassNames) -> np.ndarray:
 # --- the forms of spec ------------------------------------------------------------------
 
 def _benchmark_source(
-    name: str, folder: Path, split: str, given: _GivenClasses | None, download: bool
+    name: str, folder: Path, split: str, given: GivenClasses | None, download: bool
 ) -> tuple[Source, ClassNames]:
     """A benchmark's data, named by the class names shipped in reclip/data/resources where there are some."""
     source = load_benchmark(name, folder, split, download)
@@ -338,15 +388,17 @@ def _benchmark_source(
     return _attach_classnames(source, given, f"benchmark {name} has {len(source.classnames)} classes", by_position=True)
 
 
-def _folder_source(folder: Path, given: _GivenClasses | None) -> tuple[Source, ClassNames]:
+def _folder_source(folder: Path, given: GivenClasses | None) -> tuple[Source, ClassNames]:
     """Class sub-folders, or a flat folder of unlabelled images (which needs class names)."""
-    found = walk_images(folder)
+    found, unlisted = scan_images(folder)
     source = class_source(folder, found)
     if source is not None:
         if found[""]:
             warnings.warn(f"{folder}: ignoring {len(found[''])} images outside the class sub-folders", stacklevel=3)
+            unlisted["images outside the class folders"] = len(found[""])
         described = f"folder {folder} has {len(source.classnames or [])} class folders"
-        return _attach_classnames(source, given, described, by_position=True)
+        source, names = _attach_classnames(source, given, described, by_position=True)
+        return replace(source, unlisted=unlisted), names
     paths = found[""]
     if not paths:
         raise ReclipError(
@@ -356,17 +408,41 @@ def _folder_source(folder: Path, given: _GivenClasses | None) -> tuple[Source, C
     if given is None:
         raise ReclipError(f"folder {folder} has no class sub-folders, so its classes are unknown; {_NEED_CLASSNAMES}")
     unlabelled = np.full(len(paths), -1, dtype=np.int64)
-    return Source(FileImages(paths), unlabelled, None, paths=paths, files=paths), given.names
+    return Source(FileImages(paths), unlabelled, None, paths=paths, files=paths, unlisted=unlisted), given.names
 
 
-def _table_source(table: Path, given: _GivenClasses | None) -> tuple[Source, ClassNames]:
-    """A CSV/TSV list of ``path[,label]`` rows; labels are all indices, all names or absent."""
+def _table_source(table: Path, given: GivenClasses | None) -> tuple[Source, ClassNames]:
+    """A CSV/TSV list of ``path[,label]`` rows; labels are all indices, all names or absent.
+
+    Strict: a row with more than two fields (an unquoted delimiter in a path), an image listed
+    twice, labels mixing indices and names, a number that is no whole index, and two label
+    names differing only by case are refused with one line naming the line of the file.
+    """
     rows = _read_rows(table)
-    paths = [str(_resolve(table.parent, row[0].strip())) for row in rows]
-    cells = [row[1].strip() if len(row) > 1 else "" for row in rows]
-    written = [cell for cell in cells if cell]
-    if written and not all(_is_int(cell) for cell in written):
-        names = sorted(set(written))
+    paths = [os.path.abspath(_resolve(table.parent, cells[0].strip())) for _, cells in rows]
+    first_line: dict[str, int] = {}
+    for (line, _), path in zip(rows, paths):
+        earlier = first_line.setdefault(path, line)
+        if earlier != line:
+            raise ReclipError(f"{table} lists {path} twice (lines {earlier} and {line}); list each image once")
+    cells = [cells[1].strip() if len(cells) > 1 else "" for _, cells in rows]
+    kinds = [_label_kind(cell) for cell in cells]
+    for (line, _), cell, kind in zip(rows, cells, kinds):
+        if kind == "number":
+            raise ReclipError(f"{table} line {line}: label '{cell}' is neither a class index (0, 1, ...) nor a "
+                              "class name; write a whole index or a name")
+        if kind == "index" and int(cell) < -1:
+            raise ReclipError(f"{table} line {line}: label {cell} is negative; class indices count from 0 "
+                              "(-1 or an empty label means unknown)")
+    written = [kind for kind in kinds if kind]
+    if "name" in written and "index" in written:
+        odd = "index" if written.count("index") <= written.count("name") else "name"
+        line, cell = next((line, cell) for (line, _), cell, kind in zip(rows, cells, kinds) if kind == odd)
+        raise ReclipError(f"{table} line {line}: label '{cell}' is a class {odd} but other lines give class "
+                          f"{'names' if odd == 'index' else 'indices'}; use names or indices, not both")
+    if "name" in written:
+        names = sorted({cell for cell in cells if cell})
+        _refuse_spellings(table, names, rows, cells)
         position = {name: i for i, name in enumerate(names)}
         labels = np.array([position[cell] if cell else -1 for cell in cells], dtype=np.int64)
         source = Source(FileImages(paths), labels, [[n] for n in names], paths=paths, files=paths)
@@ -375,23 +451,60 @@ def _table_source(table: Path, given: _GivenClasses | None) -> tuple[Source, Cla
         kind = "integer labels" if written else "no labels"
         raise ReclipError(f"{table} has {kind}, so its class names are unknown; {_NEED_CLASSNAMES}")
     labels = np.array([max(int(cell), -1) if cell else -1 for cell in cells], dtype=np.int64)
+    for (line, _), label in zip(rows, labels):
+        if label >= len(given.names):
+            raise ReclipError(f"{table} line {line} uses label {label} but {given.origin} lists "
+                              f"{len(given.names)} classes (labels count from 0); give one class per label")
     source = Source(FileImages(paths), labels, None, paths=paths, files=paths)
     return _attach_classnames(source, given, str(table), by_position=False)
 
 
-def _read_rows(table: Path) -> list[list[str]]:
-    """The non-empty rows of a CSV/TSV file, without its header row if it has one."""
+def _refuse_spellings(table: Path, names: list[str], rows: list[tuple[int, list[str]]], cells: list[str]) -> None:
+    """Refuse two label names that differ only by case, '_' or spaces (they would be two classes)."""
+    first: dict[str, str] = {}
+    for name in names:
+        other = first.setdefault(name_key(name), name)
+        if other != name:
+            lines = [next(line for (line, _), cell in zip(rows, cells) if cell == n) for n in (other, name)]
+            raise ReclipError(f"{table}: labels '{other}' (line {lines[0]}) and '{name}' (line {lines[1]}) differ "
+                              "only by case, '_' or spaces; spell each class one way")
+
+
+def _read_rows(table: Path) -> list[tuple[int, list[str]]]:
+    """The non-empty rows of a CSV/TSV file as (line number, cells), without its header row
+    if it has one. A ``.csv`` file whose rows all have one field under commas but two under
+    a semicolon, tab or '|' is read with that delimiter."""
     try:
-        with table.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, delimiter=_TABLE_DELIMITERS[table.suffix.lower()])
-            rows = [row for row in reader if any(cell.strip() for cell in row)]
+        text = table.read_text(encoding="utf-8-sig")
+        own = _TABLE_DELIMITERS[table.suffix.lower()]
+        rows = _parse(text, own)
+        if all(len(cells) == 1 for _, cells in rows):
+            for other in _OTHER_DELIMITERS:
+                parsed = _parse(text, other) if other != own else rows
+                if all(len(cells) <= 2 for _, cells in parsed) and \
+                        sum(len(cells) == 2 for _, cells in parsed) * 2 >= len(parsed) > 0:
+                    own, rows = other, parsed
+                    break
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ReclipError(f"cannot read {table} ({exc}); pass a UTF-8 CSV/TSV file of path[,label] rows") from exc
-    if rows and _is_header(rows[0], table.parent):
+    if rows and _is_header(rows[0][1], table.parent):
         rows = rows[1:]
     if not rows:
         raise ReclipError(f"{table} lists no images; write one 'path[,label]' row per image")
+    for line, cells in rows:
+        if len(cells) > 2:
+            raise ReclipError(
+                f"{table} line {line} has {len(cells)} fields {cells}, not path[,label]; a path holding a "
+                f"{_DELIMITER_NAMES[own]} must be quoted, as in \"c{own} d.png\"{own}bird")
+        if not cells[0].strip():
+            raise ReclipError(f"{table} line {line} has no path; write one 'path[,label]' row per image")
     return rows
+
+
+def _parse(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of the rows of ``text`` holding a non-blank cell."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    return [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
 
 
 def _is_header(row: list[str], base: Path) -> bool:
@@ -405,12 +518,20 @@ def _resolve(base: Path, path: str) -> Path:
     return base / Path(path).expanduser()
 
 
-def _is_int(text: str) -> bool:
+def _label_kind(text: str) -> str:
+    """"" (no label), "index" (a whole number), "number" (another number) or "name"."""
+    if not text:
+        return ""
     try:
         int(text)
+        return "index"
     except ValueError:
-        return False
-    return True
+        pass
+    try:
+        float(text)
+        return "number"
+    except ValueError:
+        return "name"
 
 
 def _looks_like_path(text: str) -> bool:

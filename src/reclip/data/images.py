@@ -63,7 +63,8 @@ class Source:
     ``labels`` index ``classnames`` (-1 where unknown); each class is a list of synonyms,
     the display name first. ``classnames`` is None when the data itself does not name
     its classes (a flat folder, integer CSV labels).
-    ``files`` are the files the images are read from, for fingerprinting.
+    ``files`` are the files the images are read from, for fingerprinting; ``unlisted`` counts
+    the entries of the data that were found but are not among the images (broken links...), by kind.
     """
 
     images: ImageSource
@@ -71,6 +72,7 @@ class Source:
     classnames: list[list[str]] | None
     paths: list[str] | None = None
     files: Sequence[str] = field(default_factory=list)
+    unlisted: dict[str, int] = field(default_factory=dict)  # entries found but not read, by kind
 
 
 class FileImages:
@@ -120,10 +122,17 @@ def walk_images(folder: Path) -> dict[str, list[str]]:
     a second link to one place), a broken link and an unreadable sub-folder are skipped and
     reported in one warning. Raises ``ReclipError`` when ``folder`` itself cannot be read.
     """
+    return scan_images(folder)[0]
+
+
+def scan_images(folder: Path) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """``walk_images(folder)`` and how many entries it skipped, by kind ("broken links",
+    "unreadable folders", links to places already visited); kinds with none are left out."""
     walk = _Walk(folder)
     walk.run()
     walk.warn()
-    return {key: sorted(paths) for key, paths in walk.found.items()}
+    skipped = {what: len(paths) for what, paths in walk.skipped.items() if paths}
+    return {key: sorted(paths) for key, paths in walk.found.items()}, skipped
 
 
 def list_images(folder: Path) -> list[str]:
@@ -178,7 +187,7 @@ class _Walk:
         self._linked_files: set[str] = set()
         self._plain: list[tuple[str | None, str, str]] = []  # (key, path, real path) of folders to list
         self._links: deque[tuple[str | None, str]] = deque()  # (key, path) of links to follow
-        self._skipped: dict[str, list[str]] = {_REPEATED: [], "broken links": [], "unreadable folders": []}
+        self.skipped: dict[str, list[str]] = {_REPEATED: [], "broken links": [], "unreadable folders": []}
         real = os.path.realpath(root)
         self._dirs.add(real)
         try:
@@ -201,7 +210,7 @@ class _Walk:
                 self._follow(*self._links.popleft())
 
     def warn(self) -> None:
-        parts = [f"{len(paths)} {what} (such as {paths[0]})" for what, paths in self._skipped.items() if paths]
+        parts = [f"{len(paths)} {what} (such as {paths[0]})" for what, paths in self.skipped.items() if paths]
         if parts:
             warnings.warn(f"{self.root}: skipped {', '.join(parts)}", stacklevel=3)
 
@@ -210,7 +219,7 @@ class _Walk:
             with os.scandir(path) as entries:
                 return sorted(entries, key=lambda entry: entry.name)
         except OSError:  # a sub-folder we may not read: reported by warn(), the rest of the tree is used
-            self._skipped["unreadable folders"].append(path)
+            self.skipped["unreadable folders"].append(path)
             return []
 
     def _enter(self, key: str | None, entry: os.DirEntry, real_parent: str) -> None:
@@ -225,7 +234,7 @@ class _Walk:
         elif is_dir:
             self._add_dir(entry.name if key is None else key, entry.path, os.path.join(real_parent, entry.name))
         elif self._linked_files and os.path.join(real_parent, entry.name) in self._linked_files:
-            self._skipped[_REPEATED].append(entry.path)
+            self.skipped[_REPEATED].append(entry.path)
         else:
             self.found["" if key is None else key].append(entry.path)
 
@@ -234,16 +243,16 @@ class _Walk:
         if os.path.isdir(real):
             self._add_dir(os.path.basename(path) if key is None else key, path, real)
         elif not os.path.isfile(real):
-            self._skipped["broken links"].append(path)
+            self.skipped["broken links"].append(path)
         elif real in self._linked_files or (os.path.dirname(real) in self._dirs and is_image_file(Path(real))):
-            self._skipped[_REPEATED].append(path)
+            self.skipped[_REPEATED].append(path)
         else:
             self._linked_files.add(real)
             self.found["" if key is None else key].append(path)
 
     def _add_dir(self, key: str, path: str, real: str) -> None:
         if real in self._dirs:
-            self._skipped[_REPEATED].append(path)
+            self.skipped[_REPEATED].append(path)
             return
         self._dirs.add(real)
         self.found.setdefault(key, [])

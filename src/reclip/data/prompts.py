@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from reclip.errors import ReclipError
+from reclip.data.images import name_key
+from reclip.errors import ArgumentError, ReclipError
 
 # The generic list, for targets that are no benchmark; its first template is the one
 # ReCLIP-T trains with, as in the authors' lists.
@@ -130,16 +132,41 @@ def read_classnames(path: str | os.PathLike[str]) -> list[list[str]]:
         synonyms = split_synonyms(line)
         if not synonyms:
             raise ReclipError(f"class-names file {path} line {number} has no name; write e.g. 'cat|kitty'")
-        first = first_line.setdefault(synonyms[0].casefold(), number)
+        first = first_line.setdefault(name_key(synonyms[0]), number)
         if first != number:
             raise ReclipError(
-                f"class-names file {path} names '{synonyms[0]}' twice (lines {first} and {number}); "
-                "keep one line per class"
+                f"class-names file {path} names '{synonyms[0]}' twice (lines {first} and {number}), ignoring "
+                "case, '_' and spaces; keep one line per class"
             )
         classes.append(synonyms)
     if not classes:
         raise ReclipError(f"class-names file {path} lists no classes; write one class name per line")
     return classes
+
+
+def check_classnames(classes: object, name: str = "classnames") -> list[list[str]]:
+    """Class names given as a list, checked as a class-names file is: each entry a name or a
+    non-empty list of synonyms (strings, not blank), no two classes with one display name (case,
+    '_' and spaces do not count). Returns them as lists of stripped synonyms."""
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise ArgumentError(name, f"must be a list of class names (or a class-names file); got {type(classes).__name__}")
+    if not classes:
+        raise ArgumentError(name, "is empty; give one name (or list of synonyms) per class")
+    checked: list[list[str]] = []
+    first: dict[str, int] = {}
+    for i, entry in enumerate(classes):
+        synonyms = [entry] if isinstance(entry, str) else entry
+        if isinstance(synonyms, (bytes, str)) or not isinstance(synonyms, Sequence) or not synonyms or \
+                not all(isinstance(s, str) and s.strip() for s in synonyms):
+            raise ArgumentError(name, f"entry {i} must be a class name or a list of synonyms (non-blank strings); "
+                                      f"got {entry!r}")
+        synonyms = [s.strip() for s in synonyms]
+        earlier = first.setdefault(name_key(synonyms[0]), i)
+        if earlier != i:
+            raise ArgumentError(name, f"names '{synonyms[0]}' twice (entries {earlier} and {i}), ignoring case, "
+                                      "'_' and spaces; give each class once")
+        checked.append(synonyms)
+    return checked
 
 
 def read_templates(path: str | os.PathLike[str]) -> list[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ReclipError
+from ..checks import dataset_argument, seed as check_seed, whole_number
 from .datasets import ImageDataset
 
 
@@ -11,8 +11,10 @@ def random_subset(dataset: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
     """``n`` images of ``dataset`` drawn without replacement by ``seed``, in dataset order
     (the whole dataset when it has ``n`` images or fewer). The same (dataset, n, seed) always
     gives the same subset, so the feature cache serves it again."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ReclipError(f"max_images must be a positive whole number; got {n!r}")
+    if not isinstance(dataset, ImageDataset):
+        dataset_argument(dataset)  # the one-line refusal of anything else
+    n = whole_number(n, "n", minimum=1)
+    seed = check_seed(seed)
     if n >= len(dataset):
         return dataset
     chosen = np.random.default_rng(seed).choice(len(dataset), n, replace=False)

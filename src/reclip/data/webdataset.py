@@ -153,7 +153,7 @@ def wds_source(spec: str, strict: bool = False) -> tuple[Source, list[list[str]]
     A shard cut short (a copy or download interrupted) is reported with a warning naming
     it and the samples read from it, or raises ``ReclipError`` when ``strict``.
     """
-    shards = shard_paths(spec)
+    shards = [Path(os.path.abspath(shard)) for shard in shard_paths(spec)]  # immune to a later os.chdir
     members, labels = [], []
     for shard in shards:
         found = _scan(shard)

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .. import __version__
+from .. import __version__, checks
 from ..data.datasets import ImageDataset
 from ..data.prompts import normalize_name
 from ..errors import ReclipError
@@ -99,7 +99,7 @@ class Adapter:
     @classmethod
     def load(cls, path: str | Path) -> "Adapter":
         """Load from an adapter file or from the output folder of ``reclip adapt``."""
-        path = Path(path)
+        path = checks.path_argument(path, "path")
         if path.is_dir():
             path = path / ADAPTER_FILE
         if not path.is_file():
@@ -117,6 +117,7 @@ class Adapter:
     def apply(self, model: DualEncoder) -> "AdaptedModel":
         """Load T's text norms and the target statistics into ``model``; V's image norms are
         swapped in per batch, since the combined head also needs the frozen image tower."""
+        checks.adapter_fits(self, model)
         load_into(model.named_text_norm_parameters(), self.text_norms, "adapter")
         model.load_extra_state(self.extra_state)
         return AdaptedModel(model, self)
@@ -156,6 +157,9 @@ class AdaptedModel:
         dataset's labels (if any) are mapped to the adapter's classes by name, so its class
         list may be in any order or a subset; a class the adapter does not know is refused.
         """
+        checks.dataset_argument(dataset)
+        batch_size = checks.whole_number(batch_size, "batch_size", minimum=1)
+        workers = None if workers is None else checks.whole_number(workers, "workers", minimum=0)
         labels = self._labels_of(dataset)
         both = encode_dataset(lambda images: torch.cat(self.encode(images), dim=1), self.model.device, dataset,
                               list(range(len(dataset))), batch_size=batch_size,

@@ -6,11 +6,11 @@ turns the parameter name into its flag.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from ..errors import ReclipError
+from .. import checks
+from ..errors import ArgumentError
 
 MODES = ("reclip", "v-only", "t-only", "transductive", "transclip", "zero-shot")
 TRAINING_MODES = ("reclip", "v-only", "t-only")
@@ -34,13 +34,8 @@ ALPHA_CONTRASTIVE = 0.99
 ALPHA_APART = 0.95
 
 
-class ConfigError(ReclipError):
+class ConfigError(ArgumentError):
     """A bad value for one parameter; ``param`` names it."""
-
-    def __init__(self, param: str, problem: str) -> None:
-        super().__init__(f"{param} {problem}")
-        self.param = param
-        self.problem = problem
 
 
 @dataclass
@@ -128,7 +123,7 @@ class ReclipConfig:
         _integer(self, "batch_size", minimum=1)
         _integer(self, "k", minimum=1)
         _integer(self, "cut_dim", minimum=2, optional=True)
-        _integer(self, "seed", minimum=0)
+        self.seed = checks.seed(self.seed, error=ConfigError)
         _integer(self, "workers", minimum=0, optional=True)
         _number(self, "lr_v", 0.0, 10.0)
         _number(self, "lr_t", 0.0, 10.0)
@@ -208,17 +203,13 @@ def _integer(config: ReclipConfig, name: str, minimum: int, optional: bool = Fal
     value = getattr(config, name)
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be a whole number; got {value!r}")
-    if value < minimum:
-        raise ConfigError(name, f"must be at least {minimum}; got {value}")
+    setattr(config, name, checks.whole_number(value, name, minimum=minimum, error=ConfigError))
 
 
 def _number(config: ReclipConfig, name: str, low: float, high: float, *,
             low_open: bool = False, high_open: bool = False) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(name, f"must be a finite number; got {value!r}")
+    value = checks.real_number(getattr(config, name), name, error=ConfigError)
+    setattr(config, name, value)
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:

@@ -22,14 +22,14 @@ from typing import Any
 
 import torch
 
-from .. import distributed
+from .. import checks, distributed
 from ..callbacks import Callback
 from ..data.datasets import ImageDataset
 from ..data.prompts import get_templates
 from ..errors import ReclipError
 from ..features import Features, extract_features
 from ..fingerprint import weights_fingerprint
-from ..io import output_folder, write_json
+from ..io import output_folder, remove_stale, write_json
 from ..metrics import scores_to_probabilities
 from ..models.base import DualEncoder
 from ..predictions import Predictions
@@ -88,6 +88,7 @@ class ReclipResult:
             plot_report(written[-1], self.history, self.metrics["zero_shot"], self.metrics["final"], self.title,
                         self.metrics.get("safeguard"))
         write_json(written[1], self.metrics)  # last: its presence means the run finished
+        remove_stale(out, (ADAPTER_FILE, REPORT_FILE), written)
         return written
 
 
@@ -99,6 +100,9 @@ class ReCLIP:
     """
 
     def __init__(self, model: DualEncoder, config: ReclipConfig | None = None, **settings: Any) -> None:
+        checks.model_argument(model)
+        if config is not None:
+            checks.instance_argument(config, ReclipConfig, "config", "build one with reclip.ReclipConfig(...)")
         if config is not None and settings:
             config = replace(config, **settings)
         self.model = model
@@ -114,11 +118,12 @@ class ReCLIP:
         checkpoint in ``out`` (made with the same model, data, class names, templates and
         config; anything else is refused). Raises ``ReclipError`` for anything the user can fix.
         """
-        if resume and out is None:
-            raise ReclipError("resume=True needs out, the folder holding the checkpoint")
+        templates, out, callbacks = checks.fit_arguments(self.model, dataset, templates, out, resume, callbacks)
         templates = resolve_templates(dataset, templates, self.config.t_template)
         callbacks = list(callbacks) if distributed.is_main() else []
-        folder = output_folder(out) if out is not None and distributed.is_main() else contextlib.nullcontext()
+        names = (METRICS_FILE, PREDICTIONS_FILE, ADAPTER_FILE, REPORT_FILE)
+        folder = (output_folder(out, names, checks.dataset_inputs(dataset, names))
+                  if out is not None and distributed.is_main() else contextlib.nullcontext())
         norms = {**self.model.named_image_norm_parameters(), **self.model.named_text_norm_parameters()}
         pristine = snapshot(norms)
         with folder:
@@ -171,7 +176,7 @@ class _Run:
         metrics: dict[str, Any] = {
             "task": "zeroshot" if config.mode == "zero-shot" else "adapt", "mode": config.mode,
             "model": self.model.spec, "pretrained": self.model.pretrained, "dataset": self.dataset.spec,
-            "n": len(frozen.indices), "skipped": len(frozen.skipped), "world_size": distributed.world(),
+            "n": len(frozen.indices), **self.dataset.skipped_counts(frozen.skipped), "world_size": distributed.world(),
             "config": config.to_dict(), "templates": self.templates,
             "images_per_s": round(len(frozen.indices) / frozen.seconds, 1) if frozen.seconds else None,
             "zero_shot": zero_shot.metrics()}
