@@ -16,7 +16,7 @@ import torch
 
 from reclip import load_model, transclip
 from reclip.bench import OFFLINE_DEFAULT_N, load_target
-from reclip.data.targets import OFFLINE_TARGETS
+from reclip.bench import OFFLINE_TARGETS
 from reclip.features import extract_features
 from reclip.io import write_json
 from reclip.method.run import resolve_templates

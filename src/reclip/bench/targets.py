@@ -25,8 +25,14 @@ a standard CLIP benchmark, is 96 px too). The models resize to their own input s
 and 96 px keeps a 2,000-image target at a few MB. Clean images are upscaled the same way, so
 corrupted and clean targets differ only by the corruption.
 
-A target is generated on first use into ``root/<name>-n<n>-seed<seed>/`` (root: argument,
-else ``data_home()/fashion_mnist_targets``): ``images/*.png``, ``<name>.csv`` (``path,label``
+Samples: ``sample`` s = 0, 1, ... draws independent image sets of the same target, disjoint
+from one another: sample s draws with its own seeded generator from the source images that
+samples 0..s-1 did not take (its class subset or long-tail class order is drawn again, until
+every class has the images it needs). Sample 0 is the target as it always was. A corrupted
+target's sample s corrupts the images of ``clean``'s sample s, so the two stay paired.
+
+A target is generated on first use into ``root/<name>-n<n>-seed<seed>[-sample<s>]/`` (root: argument,
+else ``data_home()/fashion_mnist_targets``; no suffix for sample 0): ``images/*.png``, ``<name>.csv`` (``path,label``
 rows, integer labels), ``classnames.txt`` (all 10 names) and ``target.json`` (what was
 built). It is written into a hidden temporary folder renamed into place at the end, so an
 interrupted generation never leaves a partial target. Read it with :func:`load_target`, or
@@ -104,6 +110,8 @@ _CORRUPTION_NAME = re.compile(r"^([a-z_]+)-([1-5])$")
 _SUBSET_NAME = re.compile(r"^subset-(\d+)$")
 _LONGTAIL_NAME = re.compile(r"^longtail-(\d+(?:\.\d+)?)$")
 _INSTALL_HINT = "install it with: pip install 'reclip-vlm[bench]'"
+#: Tries at a class subset / long-tail order whose counts fit the images earlier samples left.
+MAX_DRAWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -174,8 +182,9 @@ def ensure_target(
     seed: int = 0,
     root: str | os.PathLike[str] | None = None,
     source_root: str | os.PathLike[str] | None = None,
+    sample: int = 0,
 ) -> Path:
-    """The folder of target ``name`` with ``n`` images and ``seed``, generated if missing.
+    """The folder of target ``name`` with ``n`` images, ``seed`` and ``sample``, generated if missing.
 
     Args:
         name: a target name (see the module docstring and ``OFFLINE_TARGETS``).
@@ -185,6 +194,7 @@ def ensure_target(
         source_root: folder of the Fashion-MNIST IDX files (default: where
             ``load_dataset("fashion-mnist")`` finds them, e.g. Debian's
             /usr/share/datasets/fashion-mnist).
+        sample: which of the disjoint image sets (0, 1, ...; see the module docstring).
 
     Returns:
         The target folder (see the module docstring for its layout).
@@ -192,13 +202,15 @@ def ensure_target(
     spec = parse_target(name)
     if n < 1:
         raise ReclipError(f"n must be at least 1, got {n}")
+    if sample < 0:
+        raise ReclipError(f"sample must be 0 or more, got {sample}")
     base = Path(root).expanduser() if root is not None else data_home() / TARGETS_FOLDER
-    folder = base / f"{name}-n{n}-seed{seed}"
+    folder = base / (f"{name}-n{n}-seed{seed}" + (f"-sample{sample}" if sample else ""))
     if _read_manifest(folder) is not None:
         return folder
     base.mkdir(parents=True, exist_ok=True)
     with _staging_folder(base, folder.name) as staging:
-        _generate(spec, n, seed, source_root, staging)
+        _generate(spec, n, seed, sample, source_root, staging)
         try:
             staging.rename(folder)
         except OSError as exc:  # another process may have finished the same target first
@@ -215,15 +227,16 @@ def load_target(
     root: str | os.PathLike[str] | None = None,
     source_root: str | os.PathLike[str] | None = None,
     transform: Callable[[Any], Any] | None = None,
+    sample: int = 0,
 ) -> ImageDataset:
     """``ensure_target`` then ``load_dataset`` on it: an ``ImageDataset`` named ``name`` with all 10 classes."""
-    files = target_files(ensure_target(name, n=n, seed=seed, root=root, source_root=source_root))
+    files = target_files(ensure_target(name, n=n, seed=seed, root=root, source_root=source_root, sample=sample))
     return load_dataset(files.table, transform=transform, classnames=files.classnames)
 
 
 # --- generation ---------------------------------------------------------------------------
 
-def _generate(spec: TargetSpec, n: int, seed: int, source_root: str | os.PathLike[str] | None,
+def _generate(spec: TargetSpec, n: int, seed: int, sample: int, source_root: str | os.PathLike[str] | None,
               out: Path) -> None:
     """Write the target's images, table, class names and manifest into ``out``."""
     start = time.perf_counter()
@@ -231,9 +244,7 @@ def _generate(spec: TargetSpec, n: int, seed: int, source_root: str | os.PathLik
     if len(source.classnames) != NUM_CLASSES:
         raise ReclipError(f"the {SOURCE} data at {source.root} has {len(source.classnames)} classes, "
                           f"expected {NUM_CLASSES}; check the data")
-    rng = np.random.default_rng([seed, zlib.crc32(_selection_key(spec).encode())])
-    counts = _class_counts(spec, n, rng)
-    indices = _sample(source.labels, counts, rng, spec.name)
+    counts, indices = select_images(spec, source.labels, n, seed, sample)
 
     images = out / "images"
     images.mkdir()
@@ -247,11 +258,36 @@ def _generate(spec: TargetSpec, n: int, seed: int, source_root: str | os.PathLik
     write_csv(out / f"{spec.name}.csv", ("path", "label"), rows)
     (out / CLASSNAMES_FILE).write_text("".join(f"{' | '.join(c)}\n" for c in source.classnames), encoding="utf-8")
     write_json(out / MANIFEST_FILE, {
-        "name": spec.name, "n": n, "seed": seed, "source": SOURCE, "split": spec.split, "source_root": source.root,
+        "name": spec.name, "n": n, "seed": seed, "sample": sample, "source": SOURCE, "split": spec.split, "source_root": source.root,
         "image_size": IMAGE_SIZE, "corruption": spec.corruption, "severity": spec.severity,
         "class_counts": {source.classnames[c][0]: int(k) for c, k in counts.items()},
         "source_indices": [int(i) for i in indices], "seconds": round(time.perf_counter() - start, 2),
     })
+
+
+def select_images(spec: TargetSpec, labels: np.ndarray, n: int, seed: int,
+                  sample: int = 0) -> tuple[dict[int, int], np.ndarray]:
+    """(class -> count, source indices) of sample ``sample`` of target ``spec``; ``labels`` (M,) of the split.
+
+    Samples are drawn in order 0..sample, each from the images the earlier ones left, with
+    generator ``(seed, key)`` for sample 0 and ``(seed, key, s)`` for sample s.
+    """
+    key = zlib.crc32(_selection_key(spec).encode())
+    taken = np.zeros(len(labels), dtype=bool)
+    for s in range(sample + 1):
+        rng = np.random.default_rng([seed, key] if s == 0 else [seed, key, s])
+        free = np.bincount(labels[~taken], minlength=NUM_CLASSES)
+        for _ in range(MAX_DRAWS):
+            counts = _class_counts(spec, n, rng)
+            if all(count <= free[c] for c, count in counts.items()):
+                break
+        else:
+            worst = max(counts, key=lambda c: counts[c] - free[c])
+            raise ReclipError(f"target {spec.name} needs {counts[worst]} images of class {worst} but its split "
+                              f"has {free[worst]} left for sample {s}; use a smaller n or fewer samples")
+        indices = _sample(np.where(taken, -1, labels), counts, rng, spec.name)
+        taken[indices] = True
+    return counts, indices
 
 
 def _selection_key(spec: TargetSpec) -> str:
