@@ -160,3 +160,27 @@ def test_nan_features_are_rejected() -> None:
     feats[2, 1] = float("nan")
     with pytest.raises(ReclipError, match="NaN"):
         transclip(feats, torch.full((6, 2), 0.5))
+
+
+def test_the_transclip_mode_takes_y_from_the_first_template(tmp_path, private_cache) -> None:
+    import sys
+    from pathlib import Path
+
+    import reclip
+    from reclip.features import extract_features
+    from reclip.method.zeroshot import ensemble_classifiers
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from synthetic import make_clustered_folder
+
+    model = reclip.load_model("tiny", device="cpu")
+    dataset = reclip.load_dataset(str(make_clustered_folder(tmp_path / "d", model, per_class=10, seed=5)))
+    dataset.transform = model.preprocess
+    templates = ["a photo of a {}.", "a drawing of a {}.", "{} in the wild."]
+    result = reclip.ReCLIP(model, reclip.ReclipConfig(mode="transclip", workers=0)).fit(dataset, templates)
+    frozen = extract_features(model, dataset, workers=0)
+    with torch.inference_mode():
+        ensemble, first = ensemble_classifiers(model, dataset.classnames, templates)
+    expected = transclip(frozen.features, classifier=first.float())
+    torch.testing.assert_close(result.predictions.probs, expected.probs.float())
+    assert not torch.allclose(transclip(frozen.features, classifier=ensemble.float()).probs, expected.probs)
