@@ -107,6 +107,11 @@ def test_paper_suite_reads_generated_benchmark_folders(tmp_path, capsys):
 def test_bench_errors_are_one_line(tmp_path, capsys):
     assert main(["bench", "--out", str(tmp_path / "b")]) == 2
     assert "pass --suite offline|paper, or --targets and --models" in capsys.readouterr().err
+    assert main(["bench", "--targets", "x", "--models", "tiny", "--samples", "0", "--out", str(tmp_path / "b")]) == 2
+    assert "--samples must be at least 1" in capsys.readouterr().err
+    assert main(["bench", "--targets", "x", "--models", "tiny", "--samples", "2", "--n", "0",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "--samples above 1 needs --n" in capsys.readouterr().err
     with pytest.raises(reclip.ReclipError, match="methods: unknown magic"):
         make_cells(["x"], ["tiny"], ["magic"])
 

@@ -272,10 +272,11 @@ def plot(records: Sequence[dict], rows: Sequence[Row], path: Path) -> None:
         n = {t: sum(r["n"] for r in mine if r["dataset"] == t and r["method"] == methods[0]) for t in targets}
         n[MEAN] = sum(n.values())
         ax.set_xticks(range(len(groups)), [f"{t}\nn={n[t]}" for t in groups], fontsize=7)
+        ax.set_ylim(0, 1.25 * max(100 * (row.interval.high if row else 0) for row in found.values()) + 1)
         ax.set(ylabel="top-1 (%)", title=f"{model}: top-1 with 95% paired bootstrap intervals "
                                         "(hatched: reclip fell back to zero-shot)")
         ax.title.set_fontsize(9)
-        ax.legend(fontsize=7, ncols=min(4, len(methods)))
+        ax.legend(fontsize=7, ncols=len(methods), loc="upper left")
         eces = [_mean([r.get("ece") for r in mine if r["method"] == m]) for m in methods]
         ax_ece.bar(range(len(methods)), [e or 0 for e in eces], color=[f"C{j}" for j in range(len(methods))])
         ax_ece.set_xticks(range(len(methods)), methods, fontsize=7, rotation=30)
