@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import reclip
-from reclip.bench import Bench, BenchWarning, CellScores, bootstrap_interval, load_target, make_cells, markdown
+from reclip.bench import (Bench, BenchWarning, CellScores, bootstrap_interval, intervals, load_target, make_cells,
+                          markdown)
 from reclip.cli.main import main
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -158,3 +159,17 @@ def test_samples_of_a_dataset_are_disjoint(targets):
 def test_bench_object_runs_from_python(targets, tmp_path):
     records = Bench(tmp_path / "b", n=20, workers=0).run(make_cells(targets[:1], ["tiny"], ["transductive"]))
     assert len(records) == 1 and records[0]["n"] == 20
+
+
+def test_intervals_average_only_cells_that_every_method_finished():
+    def cell(dataset, method, correct):
+        pred = np.array(correct, dtype=np.int64)
+        record = {"dataset": dataset, "model": "m", "method": method, "sample": 0, "acc1": pred.mean()}
+        return record, CellScores(index=np.arange(4), label=np.ones(4, np.int64), pred=pred,
+                                  confidence=np.ones(4, np.float32))
+
+    cells = [cell("x", "zero-shot", [1, 0, 0, 0]), cell("x", "reclip", [1, 1, 0, 0]),
+             cell("y", "zero-shot", [1, 1, 1, 1])]  # reclip has not finished y yet
+    rows = {(r.target, r.method, r.baseline): r for r in intervals([c[0] for c in cells], [c[1] for c in cells])}
+    assert rows[("mean", "zero-shot", None)].interval.estimate == 0.25  # x only, like reclip's
+    assert rows[("mean", "reclip", "zero-shot")].interval.estimate == 0.25 and ("y", "zero-shot", None) not in rows

@@ -4,7 +4,7 @@ Rows are (target, model); a target's numbers average its samples, and each model
 row over its targets. Intervals (:mod:`reclip.bench.stats`) are 95% paired bootstrap
 intervals of top-1: of each method's accuracy, of every method minus zero-shot and of
 reclip minus every other method, stratified by sample for a target and by (target, sample)
-for the mean. A difference is a ``win`` when its interval lies above 0, a ``loss`` below 0,
+for the mean, over the (target, sample) cells that every method has finished. A difference is a ``win`` when its interval lies above 0, a ``loss`` below 0,
 ``within noise`` otherwise.
 """
 from __future__ import annotations
@@ -110,8 +110,10 @@ def intervals(records: Sequence[dict], scores: Sequence[CellScores], *, resample
     for model in dict.fromkeys(model_name(r) for r in records):
         targets = list(dict.fromkeys(r["dataset"] for r in records if model_name(r) == model))
         samples = sorted({r.get("sample", 0) for r in records if model_name(r) == model})
+        # only (target, sample) cells that every method has finished, so all rows average the same images
+        complete = [(t, s) for t in targets for s in samples if all((model, t, m, s) in cells for m in methods)]
         for target in [*targets, MEAN]:
-            strata = [(t, s) for t in (targets if target == MEAN else [target]) for s in samples]
+            strata = [(t, s) for t, s in complete if target in (MEAN, t)]
             for method, baseline in comparisons(methods):
                 pairs = [(cells[(model, t, method, s)], cells.get((model, t, baseline, s)) if baseline else None)
                          for t, s in strata if (model, t, method, s) in cells
