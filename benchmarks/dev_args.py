@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reclip.data.targets import DEV_TARGETS, HARD_DEV_TARGETS
+from reclip.bench import DEV_TARGETS, HARD_DEV_TARGETS
 
 
 def dev_parser(doc: str, out: Path) -> argparse.ArgumentParser:

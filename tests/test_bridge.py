@@ -199,3 +199,25 @@ def test_zero_shot_fashion_mnist_beats_chance(model: BridgeDualEncoder,
         t = model.encode_text(model.tokenize([f"a photo of a {c}." for c in FMNIST_CLASSES]))
     accuracy = float(((z @ t.T).argmax(dim=1) == torch.from_numpy(fmnist.labels)).float().mean())
     assert accuracy > 0.25, f"zero-shot top-1 {accuracy:.1%} on 300 Fashion-MNIST images"
+
+
+@pytest.mark.parametrize("spec, size", [("bridge-lite1", 240), ("bridge-lite2", 260)])
+def test_lite1_and_lite2_load_offline_and_give_finite_zero_shot(spec: str, size: int, cache_root: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip(bridge_mod.VARIANTS[spec].module)
+    from reclip.method.zeroshot import class_embeddings, zero_shot_logits
+    from reclip.models.factory import load_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # everything comes from the installed packages
+    model = load_model(spec, device="cpu")
+    assert model.spec == spec and spec.split("-")[1].capitalize() in model.name
+    images, labels = read_fmnist_test(8)
+    batch = torch.stack([model.preprocess(Image.fromarray(i, "L")) for i in images])
+    assert batch.shape == (8, 3, size, size)
+    with torch.inference_mode():
+        model.fit_target(model.image_trunk(batch))
+        feats = model.encode_image(batch)
+        logits = zero_shot_logits(feats, class_embeddings(model, [[c] for c in FMNIST_CLASSES], ["a photo of a {}."]))
+    assert feats.shape == (8, 384) and logits.shape == (8, 10)
+    assert bool(torch.isfinite(logits).all())
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(8), atol=1e-4, rtol=0)

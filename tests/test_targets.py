@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reclip.data import targets
-from reclip.data.targets import ensure_target, load_target, target_files
+from reclip.bench import targets
+from reclip.bench.targets import ensure_target, load_target, target_files
 from reclip.errors import ReclipError
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -157,3 +157,33 @@ def test_dev_targets_come_from_the_train_split(tmp_path: Path, generated_source:
     dev = targets.DEV_TARGETS + targets.HARD_DEV_TARGETS
     assert set(dev).isdisjoint(targets.OFFLINE_TARGETS)
     assert all(targets.parse_target(name).split == "train" for name in dev)
+
+
+def test_samples_are_disjoint_and_corruptions_stay_paired_with_their_clean_sample(tmp_path: Path,
+                                                                                  source: Path) -> None:
+    drawn = {s: manifest(ensure_target("clean", n=30, root=tmp_path, source_root=source, sample=s)) for s in range(3)}
+    assert drawn[0] == manifest(ensure_target("clean", n=30, root=tmp_path, source_root=source))  # sample 0 as before
+    sets = [set(drawn[s]["source_indices"]) for s in range(3)]
+    assert all(len(x) == 30 for x in sets) and not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    noisy = manifest(ensure_target("gaussian_noise-5", n=30, root=tmp_path, source_root=source, sample=1))
+    assert noisy["source_indices"] == drawn[1]["source_indices"] and noisy["sample"] == 1
+    # the same request gives the same sample
+    again = targets.select_images(targets.parse_target("clean"), load_source_labels(source), 30, 0, 2)[1]
+    assert again.tolist() == drawn[2]["source_indices"]
+
+
+def test_subset_samples_draw_their_classes_again_from_what_is_left(generated_source: Path) -> None:
+    labels = load_source_labels(generated_source)  # 16 images per class
+    spec = targets.parse_target("subset-3")
+    picked = [targets.select_images(spec, labels, 30, 0, s) for s in range(3)]  # 10 per class: no class twice
+    classes = [set(counts) for counts, _ in picked]
+    assert all(len(c) == 3 for c in classes) and not (classes[0] & classes[1] or classes[1] & classes[2]
+                                                      or classes[0] & classes[2])
+    with pytest.raises(ReclipError, match="fewer samples"):
+        targets.select_images(spec, labels, 30, 0, 3)  # a 4th disjoint set of 3 classes cannot exist
+
+
+def load_source_labels(source: Path) -> np.ndarray:
+    from reclip.data.datasets import load_dataset
+
+    return load_dataset(targets.SOURCE, root=source, split=targets.SPLIT).labels

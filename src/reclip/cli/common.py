@@ -58,7 +58,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method")
     g.add_argument("--mode", choices=CHOICES["mode"], default=d.mode,
                    help="reclip (both branches), v-only, t-only, transductive (label propagation alone) "
-                        "or transclip (TransCLIP-style), both training-free, or zero-shot")
+                        "or transclip (the published TransCLIP), both training-free, or zero-shot")
     g.add_argument("--epochs", type=int, default=None, help="default: N // 5000 + 2")
     g.add_argument("--lr-v", type=float, default=d.lr_v, help=f"ReCLIP-V learning rate (default {d.lr_v})")
     g.add_argument("--lr-t", type=float, default=d.lr_t, help=f"ReCLIP-T learning rate (default {d.lr_t})")

@@ -43,7 +43,7 @@ class ReclipConfig:
     """Settings of one run of ``reclip.ReCLIP``.
 
     mode: ``reclip`` (both branches), ``v-only``, ``t-only``, ``transductive`` (label
-      propagation alone, no training), ``transclip`` (TransCLIP-style transduction, no
+      propagation alone, no training), ``transclip`` (the published TransCLIP, no
       training) or ``zero-shot`` (the prompt-ensemble baseline).
     epochs: training epochs; None means ``min(epoch_max, N // 5000 + 2)``.
     batch_size, lr_v, lr_t, momentum, weight_decay: SGD settings of the two branches.

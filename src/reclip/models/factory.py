@@ -2,7 +2,8 @@
 
 Specs:
 - ``tiny``: seeded random 2-layer open_clip model (tests, smoke runs; no weights)
-- ``bridge``: EfficientNet-Lite0 + MiniLM joined by a linear map (pretrained, ships in packages)
+- ``bridge``: EfficientNet-Lite0 + MiniLM joined by a linear map (pretrained, ships in packages);
+  ``bridge-lite1`` / ``bridge-lite2``: the same with the EfficientNet-Lite1 / Lite2 image tower
 - an open_clip architecture (``ViT-B-32``, ``ViT-L-14``, ``RN50``, ``ViT-B-16-SigLIP``, ...) with
   ``pretrained`` a tag (``openai``, ``laion2b_s34b_b79k``, ...) or a local weights file
 - ``hf-hub:org/repo`` or ``local-dir:/path``: open_clip's own schemas
@@ -41,9 +42,9 @@ def load_model(spec: str, pretrained: str | None = None,
                device: str | torch.device | None = None) -> DualEncoder:
     """Build the dual encoder named by ``spec`` on ``device`` (default: CUDA when available), in eval mode."""
     device = check_device(device or default_device())
-    if spec == "bridge":
+    if spec in ("bridge", "bridge-lite1", "bridge-lite2"):
         from .bridge import build_bridge
-        model: DualEncoder = build_bridge(device)
+        model: DualEncoder = build_bridge(device, spec)
     elif spec.startswith("hf:"):
         from .hf_backend import build_hf
         if pretrained:
@@ -56,8 +57,8 @@ def load_model(spec: str, pretrained: str | None = None,
         except ReclipError as exc:
             if str(exc) == f"unknown model '{spec}'":
                 raise ReclipError(
-                    f"unknown model '{spec}'; use tiny, bridge, an open_clip architecture such as "
-                    "ViT-B-32, ViT-L-14 or RN50 (see open_clip.list_models()), hf:org/repo or "
+                    f"unknown model '{spec}'; use tiny, bridge (or bridge-lite1, bridge-lite2), an open_clip "
+                    "architecture such as ViT-B-32, ViT-L-14 or RN50 (see open_clip.list_models()), hf:org/repo or "
                     "hf:/path/to/folder") from None
             raise
     # cuDNN's and oneDNN's fast convolution kernels want NHWC (EfficientNet-Lite0 on 2 CPU
