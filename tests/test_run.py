@@ -205,7 +205,7 @@ def test_resume_is_refused_when_class_names_or_templates_change(domain, tmp_path
 def test_non_finite_training_stops_with_one_line_and_keeps_the_last_checkpoint(domain, tmp_path, monkeypatch):
     from safetensors import safe_open
 
-    from reclip.method import reclip as loop
+    from reclip.method import selftrain as loop
 
     calls = {"n": 0}
     finite_ce = loop.masked_ce_sum
@@ -291,8 +291,11 @@ def test_epoch_zero_prediction_is_the_zero_shot_one_under_bf16_autocast(domain, 
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)  # bf16 autocast on this CPU too
     model = reclip.load_model("tiny", device="cpu")
     dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
-    # one template: T's first-template head, V's first classifier and the zero-shot classifier coincide
-    result = reclip.ReCLIP(model, epochs=0, calibrate=False, workers=0).fit(dataset, ["a photo of a {}."])
+    # one template: T's first-template head, V's first classifier and the zero-shot classifier coincide;
+    # the safeguard is off, so the predictions are the combined head's, not a fallback to zero-shot
+    result = reclip.ReCLIP(model, epochs=0, calibrate=False, safeguard=0.0, safeguard_gain=-1.0,
+                           workers=0).fit(dataset, ["a photo of a {}."])
+    assert result.metrics["safeguard"]["kept"] == "adapted"
     assert torch.equal(result.predictions.probs, result.zero_shot.probs)
 
 
