@@ -67,6 +67,45 @@ def test_cut_dim_follows_the_authors_rule_for_many_classes():
     assert reclip.ReclipConfig(cut_dim=64).projection_rank(1000) == 64
 
 
+def test_model_dependent_and_mode_dependent_defaults_are_resolved_in_one_place():
+    from reclip.method.config import K_PROPAGATION, K_TRANSCLIP, PROFILES
+
+    assert reclip.ReclipConfig().k is None and reclip.ReclipConfig().for_model(True).k == K_PROPAGATION == 20
+    assert reclip.ReclipConfig(mode="transclip").for_model(True).k == K_TRANSCLIP == 3
+    assert reclip.ReclipConfig(mode="transclip", k=20).for_model(True).k == 20
+    apart = reclip.ReclipConfig().for_model(False)
+    assert (apart.alpha, apart.v_tower, apart.image_edges) == (0.95, "frozen", "full") == tuple(
+        PROFILES["apart"].as_dict()[k] for k in ("alpha", "v_tower", "image_edges"))
+
+
+def test_every_setting_has_a_stage_and_a_flag():
+    import argparse
+    from dataclasses import fields
+
+    from reclip.cli.common import add_data_options, add_method_options, flag
+    from reclip.method.config import STAGES
+
+    parser = argparse.ArgumentParser()
+    add_data_options(parser)
+    add_method_options(parser)
+    dests = {a.dest: a for a in parser._actions}
+    for f in fields(reclip.ReclipConfig):
+        assert f.metadata["stage"] in STAGES and f.metadata["help"]
+        assert f.name in dests and flag(f.name) in dests[f.name].option_strings, f.name
+    args = parser.parse_args(["--dataset", "x", "--momentum", "0.5", "--epoch-max", "7", "--no-calibrate",
+                              "--no-cache"])
+    assert (args.momentum, args.epoch_max, args.calibrate, args.cache) == (0.5, 7, False, False)
+
+
+def test_transclip_uses_the_k_it_is_given(domain):
+    model = reclip.load_model("tiny", device="cpu")
+    dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
+    default = reclip.ReCLIP(model, mode="transclip", workers=0).fit(dataset)
+    given = reclip.ReCLIP(model, mode="transclip", k=20, workers=0).fit(dataset)
+    assert default.metrics["transclip"]["k"] == default.metrics["config"]["k"] == 3
+    assert given.metrics["transclip"]["k"] == given.metrics["config"]["k"] == 20
+
+
 # --- the README's "From Python" example -----------------------------------------------------
 
 def readme_python_example() -> str:

@@ -23,7 +23,7 @@ from ..io import atomic_path
 from ..models.base import DualEncoder
 from ..precision import autocast
 from ..predictions import Predictions
-from .config import MODES
+from .config import TRAINING_MODES
 from .heads import combined_logits
 from .weights import image_norms, load_into, read_safetensors, snapshot
 
@@ -165,7 +165,7 @@ def _check_adapter(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> 
     for key, kind in ADAPTER_KEYS.items():
         if not isinstance(meta.get(key), kind):
             raise ReclipError(f"adapter {path}: metadata '{key}' is missing or not a {kind.__name__}; {fix}")
-    if meta["mode"] not in MODES or meta["mode"] in ("transductive", "zero-shot"):
+    if meta["mode"] not in TRAINING_MODES:
         raise ReclipError(f"adapter {path}: mode '{meta['mode']}' is not a training mode; {fix}")
     names = meta["classnames"]
     if not names or not all(isinstance(c, list) and c and all(isinstance(n, str) for n in c) for c in names):
