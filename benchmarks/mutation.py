@@ -1,11 +1,11 @@
 """Mutation testing of the method's core formulas with mutmut (not part of CI).
 
     python benchmarks/mutation.py --label after          # the quick tests that pin the core
-    python benchmarks/mutation.py --label before --tests tests/test_safeguard.py tests/test_reclip.py \\
-        tests/test_run.py tests/test_propagation.py       # the same suite without tests/test_formulas.py
+    python benchmarks/mutation.py --label before --tests tests/test_safeguard.py   # without tests/test_formulas.py
 
 Copies src/ and tests/ of this checkout to a temporary folder, writes mutmut's configuration
-there (the modules of ``--modules``, default the core: heads.py and safeguard.py), runs
+there (the modules of ``--modules``, default the core: heads.py and safeguard.py; the
+statements that only word the safeguard's message are left alone), runs
 ``mutmut run`` with the quick tests of ``--tests`` (mutmut runs, for each mutant, only the tests
 that reach the mutated function) and writes the counts, the score (killed / (killed +
 survived)) and the names of the surviving mutants to results/mutation_<label>.json. Needs
@@ -31,10 +31,13 @@ RESULTS = Path(__file__).parent / "results"
 CORE = ("src/reclip/method/heads.py", "src/reclip/method/safeguard.py")
 QUICK_TESTS = ("tests/test_formulas.py", "tests/test_safeguard.py")
 QUICK = "not slow and not distributed and not real_data"
+# statements that only word a message (the safeguard's reason) or name metrics.json keys: not formulas
+MESSAGES = (r"signals = \(", r"why = \(", r'return \{"kept"', r"f\"\{signals\}")
 
 
 def write_config(work: Path, modules: list[str], tests: list[str]) -> None:
     lines = ["[mutmut]", "source_paths = src", "only_mutate =", *[f"    {m}" for m in modules],
+             "do_not_mutate_patterns =", *[f"    {p}" for p in MESSAGES],
              "pytest_add_cli_args_test_selection =", *[f"    {t}" for t in tests],
              "pytest_add_cli_args =", "    -m", f"    {QUICK}", "    -p", "    no:cacheprovider", "    -q"]
     (work / "setup.cfg").write_text("\n".join(lines) + "\n")

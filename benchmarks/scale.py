@@ -107,7 +107,7 @@ def gpu_model_part(arch: str, n: int, batch: int) -> dict:
 
     from reclip.features import Features
     from reclip.method.config import ReclipConfig
-    from reclip.method.reclip import adapt
+    from reclip.method.selftrain import adapt
     from reclip.models.open_clip_backend import OpenClipDualEncoder
 
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device="cuda")

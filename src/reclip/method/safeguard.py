@@ -87,6 +87,12 @@ class Decision:
                 "confidence_target": self.confidence_target, "reason": self.reason}
 
 
+def keeps_adapted(agreement: float, threshold: float, gain: float, min_gain: float) -> bool:
+    """The safeguard's rule: keep the adapted predictions when the heads agree on at least
+    ``threshold`` of the images and the estimated ``gain`` is above ``min_gain`` (-1: that check off)."""
+    return agreement >= threshold and (min_gain <= -1 or gain > min_gain)
+
+
 def decide(logits: torch.Tensor, agreement: float, threshold: float, gain: float, min_gain: float,
            confidence_target: float | None) -> Decision:
     """Keep the adapted N x C ``logits`` unless the heads' final ``agreement`` is below
@@ -95,7 +101,7 @@ def decide(logits: torch.Tensor, agreement: float, threshold: float, gain: float
     temperature = fit_temperature(logits, confidence_target) if confidence_target is not None else 1.0
     signals = (f"T and V agree on {100 * agreement:.1f}% of the images (safeguard {100 * threshold:.0f}%), "
                f"estimated top-1 gain over zero-shot {100 * gain:+.2f} points (safeguard above {100 * min_gain:+.2f})")
-    if agreement < threshold or (min_gain > -1 and gain <= min_gain):
+    if not keeps_adapted(agreement, threshold, gain, min_gain):
         why = ("their pseudo labels were too poor to trust" if agreement < threshold
                else "label propagation rates the zero-shot predictions at least as likely right")
         return Decision("zero-shot", agreement, threshold, gain, min_gain, temperature, confidence_target,
