@@ -69,7 +69,7 @@ def child(mode: str, data: str, out: str) -> None:
     try:
         model = reclip.load_model("tiny", device=device)
         dataset = reclip.load_dataset(data, transform=model.preprocess)
-        config = reclip.ReclipConfig(mode=mode, epochs=1, workers=0, cache=False)
+        config = reclip.ReclipConfig(mode=mode, epochs=1 if mode != "zero-shot" else None, workers=0, cache=False)
         reclip.ReCLIP(model, config).fit(dataset, out=out)
     finally:
         distributed.close()

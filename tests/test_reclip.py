@@ -40,7 +40,8 @@ def run_library(domain: Path, mode: str, epochs: int = 2, stages=None, **setting
     model = reclip.load_model("tiny", device="cpu")
     dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
     before = {n: p.detach().clone() for n, p in model.module.named_parameters()}
-    settings = {"safeguard": 0.0, "safeguard_gain": -1.0, **settings}
+    if mode == "reclip":
+        settings = {"safeguard": 0.0, "safeguard_gain": -1.0, **settings}
     config = reclip.ReclipConfig(mode=mode, epochs=epochs, k=10, workers=0, cache=False, **settings)
     result = reclip.ReCLIP(model, config, stages=stages).fit(dataset, TEMPLATES)
     return model, before, result

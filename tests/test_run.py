@@ -97,6 +97,20 @@ def test_every_setting_has_a_stage_and_a_flag():
     assert (args.momentum, args.epoch_max, args.calibrate, args.cache) == (0.5, 7, False, False)
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"mode": "transductive", "epochs": 3}, "epochs is not used in mode 'transductive' (only in reclip, v-only, t-only)"),
+    ({"mode": "zero-shot", "k": 5}, "k is not used in mode 'zero-shot'"),
+    ({"mode": "transclip", "alpha": 0.5}, "alpha is not used in mode 'transclip'"),
+    ({"mode": "t-only", "safeguard": 0.1}, "safeguard is not used in mode 't-only' (only in reclip)"),
+    ({"mode": "v-only", "calibrate": False}, "calibrate is not used in mode 'v-only'"),
+])
+def test_a_setting_the_mode_does_not_use_is_refused_in_one_line(settings, message):
+    with pytest.raises(ConfigError) as info:
+        reclip.ReclipConfig(**settings)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert info.value.param == list(settings)[1]
+
+
 def test_transclip_uses_the_k_it_is_given(domain):
     model = reclip.load_model("tiny", device="cpu")
     dataset = reclip.load_dataset(str(domain), transform=model.preprocess)

@@ -88,8 +88,10 @@ TRANSDUCTIVE = PROPAGATING + ("transclip",)
 class ReclipConfig:
     """Settings of one run of ``reclip.ReCLIP``, grouped by the stage that reads them
     (``stage_settings``); each field's help (``fields(ReclipConfig)[i].metadata``) is also its
-    command-line flag's. Model-dependent fields left at None/``auto`` are resolved by
-    ``for_model`` from the model's ``ModelProfile``.
+    command-line flag's, and its metadata names the modes that use it: a field set to other
+    than its default in another mode is refused (``ConfigError``), never silently dropped.
+    Model-dependent fields left at None/``auto`` are resolved by ``for_model`` from the
+    model's ``ModelProfile``.
 
     mode: ``reclip`` (both branches), ``v-only``, ``t-only``, ``transductive`` (label
       propagation alone, no training), ``transclip`` (TransCLIP-style transduction, no
@@ -132,8 +134,8 @@ class ReclipConfig:
                            "classifier still follows its label-propagation centroids) or auto (default: train for "
                            "CLIP-family models, frozen for the bridge, whose towers were trained apart)",
                            str, SELF_TRAINING)
-    t_template: str | None = setting(None, "training", "the template ReCLIP-T trains and classifies with (default: "
-                                     "the first template)", str, SELF_TRAINING)
+    t_template: str | None = setting(None, "training", "the template ReCLIP-T trains and classifies with, put first "
+                                     "among the templates (default: the first template)", str)
     project: bool = setting(True, "propagation", "ablation: build the label-propagation graph on unprojected "
                             "features", bool, PROPAGATING)
     agreement_filter: bool = setting(True, "training", "ablation: each branch trains on all its pseudo labels, not "
@@ -180,6 +182,10 @@ class ReclipConfig:
         if self.t_template is not None and (not isinstance(self.t_template, str) or "{}" not in self.t_template):
             raise ConfigError("t_template", f"must be a template with {{}} where the class name goes; "
                                             f"got {self.t_template!r}")
+        for f in fields(self):
+            if self.mode not in f.metadata["modes"] and getattr(self, f.name) != f.default:
+                raise ConfigError(f.name, f"is not used in mode {self.mode!r} (only in {', '.join(f.metadata['modes'])}); "
+                                          "leave it out")
 
     # --- derived settings --------------------------------------------------------------
     def for_model(self, contrastive: bool) -> "ReclipConfig":
@@ -188,13 +194,16 @@ class ReclipConfig:
         return self.resolve(profile_for(contrastive))
 
     def resolve(self, profile: ModelProfile) -> "ReclipConfig":
-        """This config with every default that depends on the model or the mode filled in:
-        ``v_tower="auto"``, ``alpha=None`` and ``image_edges="auto"`` from ``profile``, ``k=None``
-        from the mode (``K_TRANSCLIP`` for transclip, else ``K_PROPAGATION``)."""
-        return replace(self, v_tower=profile.v_tower if self.v_tower == "auto" else self.v_tower,
-                       image_edges=profile.image_edges if self.image_edges == "auto" else self.image_edges,
-                       alpha=profile.alpha if self.alpha is None else self.alpha,
-                       k=(K_TRANSCLIP if self.mode == "transclip" else K_PROPAGATION) if self.k is None else self.k)
+        """This config with every default that depends on the model or the mode filled in, for
+        the fields the mode uses: ``v_tower="auto"``, ``alpha=None`` and ``image_edges="auto"``
+        from ``profile``, ``k=None`` from the mode (``K_TRANSCLIP`` for transclip, else
+        ``K_PROPAGATION``)."""
+        resolved = {"v_tower": profile.v_tower if self.v_tower == "auto" else self.v_tower,
+                    "image_edges": profile.image_edges if self.image_edges == "auto" else self.image_edges,
+                    "alpha": profile.alpha if self.alpha is None else self.alpha,
+                    "k": (K_TRANSCLIP if self.mode == "transclip" else K_PROPAGATION) if self.k is None else self.k}
+        used = {f.name for f in fields(self) if self.mode in f.metadata["modes"]}
+        return replace(self, **{name: value for name, value in resolved.items() if name in used})
 
     def stage_settings(self, stage: str) -> dict[str, Any]:
         """The fields read by ``stage`` (one of ``STAGES``), by name."""
