@@ -38,6 +38,7 @@ MESSAGES = (r"signals = \(", r"why = \(", r'return \{"kept"', r"f\"\{signals\}")
 def write_config(work: Path, modules: list[str], tests: list[str]) -> None:
     lines = ["[mutmut]", "source_paths = src", "only_mutate =", *[f"    {m}" for m in modules],
              "do_not_mutate_patterns =", *[f"    {p}" for p in MESSAGES],
+             "process_isolation = forkserver",  # torch is not fork-safe once its thread pools run
              "pytest_add_cli_args_test_selection =", *[f"    {t}" for t in tests],
              "pytest_add_cli_args =", "    -m", f"    {QUICK}", "    -p", "    no:cacheprovider", "    -q"]
     (work / "setup.cfg").write_text("\n".join(lines) + "\n")
@@ -76,6 +77,7 @@ def main() -> None:
         shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
         write_config(work, args.modules, args.tests)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/src first
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # one thread per mutant worker
         start = time.perf_counter()
         run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
                              cwd=work, env=env, capture_output=True, text=True)

@@ -188,9 +188,10 @@ def test_transductive_mode_writes_both_metric_blocks(domain, templates_file, tmp
 
 
 def _cli(domain: Path, templates_file: Path, out: Path, *extra: str) -> list[str]:
+    """``reclip adapt`` with the safeguard off: the predictions compared are the trained ones."""
     return [sys.executable, "-m", "reclip", "adapt", "--model", "tiny", "--dataset", str(domain),
             "--templates", str(templates_file), "--epochs", "3", "--k", "10", "--workers", "0",
-            "--out", str(out), *extra]
+            "--safeguard", "0", "--safeguard-gain", "-1", "--out", str(out), *extra]
 
 
 def _wait_for_epoch(out: Path, proc: subprocess.Popen, epochs_done: int) -> None:
