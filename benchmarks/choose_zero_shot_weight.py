@@ -18,8 +18,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from reclip import ReCLIP, ReclipConfig, load_model
 from reclip.bench import load_target
 from reclip.io import write_json

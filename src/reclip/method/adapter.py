@@ -25,7 +25,7 @@ from ..precision import autocast
 from ..predictions import Predictions
 from .config import TRAINING_MODES
 from .heads import combined_logits
-from .weights import image_norms, load_into, read_safetensors, snapshot
+from .weights import image_norms, load_into, read_safetensors
 
 ADAPTER_FILE = "adapter.safetensors"
 
