@@ -1,14 +1,16 @@
 """Mutation testing of the method's core formulas with mutmut (not part of CI).
 
-    python benchmarks/mutation.py --label after          # the quick tests that pin the core
+    python benchmarks/mutation.py --label after                                    # the formula tests
     python benchmarks/mutation.py --label before --tests tests/test_safeguard.py   # without tests/test_formulas.py
 
 Copies src/ and tests/ of this checkout to a temporary folder, writes mutmut's configuration
 there (the modules of ``--modules``, default the core: heads.py and safeguard.py; the
 statements that only word the safeguard's message are left alone), runs
-``mutmut run`` with the quick tests of ``--tests`` (mutmut runs, for each mutant, only the tests
-that reach the mutated function) and writes the counts, the score (killed / (killed +
-survived)) and the names of the surviving mutants to results/mutation_<label>.json. Needs
+``mutmut run`` with the tests of ``--tests`` selected by ``--keyword`` (pytest's ``-k``; by
+default the tests that run no model: an end-to-end run of the tiny model takes seconds, and
+every surviving mutant would run all of them; mutmut runs, for each mutant, only the tests
+that reach the mutated function) and writes the counts, the score (killed / (killed + survived + no tests: a
+mutant no selected test reaches counts as surviving)) and the names of the surviving mutants to results/mutation_<label>.json. Needs
 ``pip install mutmut`` (3.x). Runs on a clean clone; nothing is written to the checkout but
 the result file.
 """
@@ -31,16 +33,19 @@ RESULTS = Path(__file__).parent / "results"
 CORE = ("src/reclip/method/heads.py", "src/reclip/method/safeguard.py")
 QUICK_TESTS = ("tests/test_formulas.py", "tests/test_safeguard.py")
 QUICK = "not slow and not distributed and not real_data"
+# test_safeguard.py's end-to-end runs of the tiny model
+RUNS = "not (good_pseudo or calibration_target or no_calibration or random_pseudo or judge_that)"
 # statements that only word a message (the safeguard's reason) or name metrics.json keys: not formulas
 MESSAGES = (r"signals = \(", r"why = \(", r'return \{"kept"', r"f\"\{signals\}")
 
 
-def write_config(work: Path, modules: list[str], tests: list[str]) -> None:
+def write_config(work: Path, modules: list[str], tests: list[str], keyword: str) -> None:
     lines = ["[mutmut]", "source_paths = src", "only_mutate =", *[f"    {m}" for m in modules],
              "do_not_mutate_patterns =", *[f"    {p}" for p in MESSAGES],
              "process_isolation = forkserver",  # torch is not fork-safe once its thread pools run
              "pytest_add_cli_args_test_selection =", *[f"    {t}" for t in tests],
-             "pytest_add_cli_args =", "    -m", f"    {QUICK}", "    -p", "    no:cacheprovider", "    -q"]
+             "pytest_add_cli_args =", "    -m", f"    {QUICK}", "    -k", f"    {keyword}", "    -p",
+             "    no:cacheprovider", "    -q"]
     (work / "setup.cfg").write_text("\n".join(lines) + "\n")
 
 
@@ -68,6 +73,7 @@ def main() -> None:
     p.add_argument("--label", required=True, help="name of the result file: results/mutation_<label>.json")
     p.add_argument("--modules", nargs="+", default=list(CORE), help="files to mutate, relative to the checkout")
     p.add_argument("--tests", nargs="+", default=list(QUICK_TESTS), help="test files that may kill a mutant")
+    p.add_argument("--keyword", default=RUNS, help="pytest -k expression selecting among the tests")
     p.add_argument("--max-children", type=int, default=2)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="reclip-mutation-") as tmp:
@@ -75,7 +81,7 @@ def main() -> None:
         for part in ("src", "tests"):
             shutil.copytree(ROOT / part, work / part, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
-        write_config(work, args.modules, args.tests)
+        write_config(work, args.modules, args.tests, args.keyword)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/src first
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # one thread per mutant worker
         start = time.perf_counter()
@@ -86,10 +92,11 @@ def main() -> None:
         if not statuses:
             sys.exit(f"mutmut produced no results (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     counts = Counter(statuses.values())
-    killed, survived = counts.get("killed", 0), counts.get("survived", 0)
-    record = {"label": args.label, "modules": args.modules, "tests": args.tests, "counts": dict(counts),
+    killed, survived = counts.get("killed", 0), counts.get("survived", 0) + counts.get("no tests", 0)
+    record = {"label": args.label, "modules": args.modules, "tests": args.tests, "keyword": args.keyword,
+              "counts": dict(counts),
               "score": round(killed / max(killed + survived, 1), 4),
-              "survived": sorted(n for n, s in statuses.items() if s == "survived"),
+              "survived": sorted(n for n, s in statuses.items() if s in ("survived", "no tests")),
               "seconds": round(seconds, 1), "cpu": cpu_model(), "load": os.getloadavg()}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"mutation_{args.label}.json"

@@ -92,3 +92,51 @@ def test_adapted_model_divides_the_combined_logits_by_the_temperature():
                       extra_state={}, meta={"mode": "reclip", "temperature": 4.0, "classnames": [["a"], ["b"]]})
     logits = AdaptedModel(reclip.load_model("tiny", device="cpu"), adapter).logits(F_FROZEN, F_V)
     torch.testing.assert_close(logits, torch.tensor([[17.5, 17.5], [20.0, 10.0]]))
+
+
+def test_temperature_saturates_at_both_ends_of_its_range():
+    logits = torch.tensor([[4.0, 0.0], [0.0, 3.0]])
+    # a target out of [1/C, 1] is clipped just inside it; one out of reach saturates the range
+    assert fit_temperature(logits, 1.5) == pytest.approx(fit_temperature(logits, 1 - 1e-6), rel=1e-4)
+    assert (logits / fit_temperature(logits, 1.5)).softmax(-1).max(-1).values.mean().item() > 0.9999
+    assert fit_temperature(logits, 0.2) == pytest.approx(1e3, rel=1e-3)
+    # logits too flat to reach 0.9 even at the coldest temperature: 0.01 / 0.01 gives sigmoid(1) = 0.73
+    assert fit_temperature(torch.tensor([[0.01, 0.0]]), 0.9) == pytest.approx(1e-2, rel=1e-3)
+
+
+def test_decision_record_and_calibration_switch():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    decision = decide(logits, 0.7, 0.5, 0.1, 0.0, None)
+    assert decision.as_dict() == {"kept": "adapted", "agreement": 0.7, "threshold": 0.5, "estimated_gain": 0.1,
+                                  "min_gain": 0.0, "temperature": 1.0, "confidence_target": None,
+                                  "reason": decision.reason}
+    assert decision.reason.startswith("T and V agree on 70.0% of the images")
+    fallback = decide(logits, 0.4, 0.5, 0.1, 0.0, None)
+    assert fallback.reason.endswith(", so the zero-shot predictions are kept")
+    settings = {"safeguard": 0.5, "safeguard_gain": 0.0, "calibrate": False}
+    posterior = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
+    off = judge_run(logits, 0.8, posterior, torch.tensor([1, 1]), settings)
+    assert off.confidence_target is None and off.temperature == 1.0
+
+
+def test_frozen_posterior_is_the_judges_probabilities():
+    from reclip.method.safeguard import frozen_posterior
+    from reclip.method.transduce.base import Transduction
+
+    probs = torch.tensor([[0.25, 0.75]])
+    assert frozen_posterior(lambda f, c: Transduction(probs, probs.argmax(-1)), F_FROZEN[:1], T_CLASSIFIER) is probs
+
+
+def test_text_heads_are_the_first_template_and_the_full_ensemble():
+    from reclip.method.heads import text_heads
+    from reclip.method.zeroshot import ensemble_classifiers
+
+    model = reclip.load_model("tiny", device="cpu")
+    classnames, templates = [["cat"], ["dog"]], ["a photo of a {}.", "art of a {}."]
+    short, full = text_heads(model, classnames, templates)
+    with torch.inference_mode():
+        expected_full, expected_short = ensemble_classifiers(model, classnames, templates)
+    assert short.dtype == full.dtype == torch.float32 and short.device.type == "cpu"
+    torch.testing.assert_close(short, expected_short.float())
+    torch.testing.assert_close(full, expected_full.float())
+    assert not torch.allclose(short, full)
