@@ -9,8 +9,9 @@ statements that only word the safeguard's message are left alone), runs
 ``mutmut run`` with the tests of ``--tests`` selected by ``--keyword`` (pytest's ``-k``; by
 default the tests that run no model: an end-to-end run of the tiny model takes seconds, and
 every surviving mutant would run all of them; mutmut runs, for each mutant, only the tests
-that reach the mutated function) and writes the counts, the score (killed / (killed + survived + no tests: a
-mutant no selected test reaches counts as surviving)) and the names of the surviving mutants to results/mutation_<label>.json. Needs
+that reach the mutated function) and writes the counts, the score (killed / all mutants: a mutant no selected test reaches
+counts as surviving; ``score_timeouts_caught`` also counts the timeouts, which a loaded
+machine makes more of) and the names of the surviving mutants to results/mutation_<label>.json. Needs
 ``pip install mutmut`` (3.x). Runs on a clean clone; nothing is written to the checkout but
 the result file.
 """
@@ -93,15 +94,16 @@ def main() -> None:
             sys.exit(f"mutmut produced no results (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     counts = Counter(statuses.values())
     killed, survived = counts.get("killed", 0), counts.get("survived", 0) + counts.get("no tests", 0)
+    total = sum(counts.values())
     record = {"label": args.label, "modules": args.modules, "tests": args.tests, "keyword": args.keyword,
-              "counts": dict(counts),
-              "score": round(killed / max(killed + survived, 1), 4),
+              "counts": dict(counts), "score": round(killed / max(total, 1), 4),
+              "score_timeouts_caught": round((killed + counts.get("timeout", 0)) / max(total, 1), 4),
               "survived": sorted(n for n, s in statuses.items() if s in ("survived", "no tests")),
               "seconds": round(seconds, 1), "cpu": cpu_model(), "load": os.getloadavg()}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"mutation_{args.label}.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"{args.label}: score {record['score']:.3f} ({killed} killed, {survived} survived, "
+    print(f"{args.label}: score {record['score']:.3f} ({killed} killed of {total}, {survived} survived, "
           f"{dict(counts)}) in {seconds:.0f} s -> {out}")
 
 
