@@ -111,8 +111,11 @@ def test_decision_record_and_calibration_switch():
                                   "min_gain": 0.0, "temperature": 1.0, "confidence_target": None,
                                   "reason": decision.reason}
     assert decision.reason.startswith("T and V agree on 70.0% of the images")
-    fallback = decide(logits, 0.4, 0.5, 0.1, 0.0, None)
+    fallback = decide(logits, 0.4, 0.5, 0.1, 0.0, 0.8)
     assert fallback.reason.endswith(", so the zero-shot predictions are kept")
+    assert {k: v for k, v in fallback.as_dict().items() if k not in ("reason", "temperature")} == {
+        "kept": "zero-shot", "agreement": 0.4, "threshold": 0.5, "estimated_gain": 0.1, "min_gain": 0.0,
+        "confidence_target": 0.8}
     settings = {"safeguard": 0.5, "safeguard_gain": 0.0, "calibrate": False}
     posterior = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
     off = judge_run(logits, 0.8, posterior, torch.tensor([1, 1]), settings)
