@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from reclip import ReCLIP, ReclipConfig, load_model
+from reclip.method.safeguard import keeps_adapted
 from reclip.bench import load_target
 from reclip.io import write_json
 
@@ -89,7 +90,7 @@ def outcome(rows: list[dict], theta: float) -> tuple[float, int]:
     """(dev mean top-1, dev targets below zero-shot) when the safeguard keeps zero-shot below the
     head-agreement threshold ``theta`` and at or below the default ``safeguard_gain``."""
     min_gain = ReclipConfig().safeguard_gain
-    kept = [r if r["head_agreement"] >= theta and r["estimated_gain"] > min_gain
+    kept = [r if keeps_adapted(r["head_agreement"], theta, r["estimated_gain"], min_gain)
             else {**r, "reclip_top1": r["zero_shot_top1"], "reclip_recall": r["zero_shot_recall"]} for r in rows]
     mean = sum(k["reclip_top1"] for k in kept) / len(kept)
     below = sum(k["reclip_top1"] < k["zero_shot_top1"] or k["reclip_recall"] < k["zero_shot_recall"] for k in kept)

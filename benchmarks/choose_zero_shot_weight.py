@@ -18,8 +18,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from reclip import ReCLIP, ReclipConfig, load_model
 from reclip.bench import load_target
 from reclip.io import write_json
@@ -33,14 +31,12 @@ BETAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def target_logits(model, name: str, n: int, seed: int) -> dict:
-    """Raw adapted and zero-shot logits (N x C, up to a constant per row), head agreement and labels."""
+    """Raw adapted and zero-shot logits (N x C, as the run computed them), head agreement and labels."""
     dataset = load_target(name, None, n, seed)
     dataset.transform = model.preprocess
     run = ReCLIP(model, ReclipConfig(seed=seed, safeguard=0.0, safeguard_gain=-1.0)).fit(dataset)
-    decision = run.metrics["safeguard"]
-    return {"adapted": decision["temperature"] * run.predictions.probs.clamp_min(1e-30).log(),
-            "zero_shot": run.zero_shot.probs.clamp_min(1e-30).log(),
-            "agreement": decision["agreement"], "labels": run.predictions.labels}
+    return {"adapted": run.logits["combined"], "zero_shot": run.logits["zero_shot"],
+            "agreement": run.safeguard.agreement, "labels": run.predictions.labels}
 
 
 def scores(logits: dict, beta: float) -> dict:

@@ -36,11 +36,11 @@ import torch.nn.functional as nnf
 
 from reclip import ReCLIP, ReclipConfig, load_model
 from reclip.bench import load_target
-from reclip.features import extract_features
 from reclip.io import write_json
 from reclip.method.propagation import projection
 from reclip.method.run import resolve_templates
-from reclip.method.zeroshot import LOGIT_SCALE, class_embeddings
+from reclip.method.frozen import frozen_view
+from reclip.method.zeroshot import LOGIT_SCALE
 
 from dev_args import dev_parser, parse_dev_args
 
@@ -100,13 +100,12 @@ def target_row(model, name: str, n: int, seed: int) -> dict:
         warnings.simplefilter("ignore")
         runs = {mode: ReCLIP(model, ReclipConfig(mode=mode, seed=seed, image_edges="projected")).fit(dataset)
                 for mode in ("zero-shot", "transductive", "reclip")}
-    frozen = extract_features(model, dataset)
-    features, labels = nnf.normalize(frozen.features.float(), dim=1), frozen.labels
+    # the library's frozen view: the same features (from the cache), text classifier and templates as the runs
+    view = frozen_view(model, dataset, resolve_templates(dataset, None, None), batch_size=64, workers=None, cache=True)
+    features, labels = nnf.normalize(view.features.features.float(), dim=1), view.features.labels
     zero_shot = runs["zero-shot"].predictions.probs
     c = len(dataset.classnames)
-    templates = resolve_templates(dataset, None, None)
-    with torch.inference_mode():
-        text = nnf.normalize(class_embeddings(model, dataset.classnames, templates).float(), dim=1).cpu()
+    text = nnf.normalize(view.classifier, dim=1)
     used = runs["reclip"].metrics["config"]  # k and alpha as resolved for this model
     graphs = graph_variants(features, text, used["k"], used["alpha"])
     zero_shot_logits = LOGIT_SCALE * features @ text.T

@@ -69,7 +69,7 @@ def child(mode: str, data: str, out: str) -> None:
     try:
         model = reclip.load_model("tiny", device=device)
         dataset = reclip.load_dataset(data, transform=model.preprocess)
-        config = reclip.ReclipConfig(mode=mode, epochs=1, workers=0, cache=False)
+        config = reclip.ReclipConfig(mode=mode, epochs=1 if mode != "zero-shot" else None, workers=0, cache=False)
         reclip.ReCLIP(model, config).fit(dataset, out=out)
     finally:
         distributed.close()
@@ -107,7 +107,7 @@ def gpu_model_part(arch: str, n: int, batch: int) -> dict:
 
     from reclip.features import Features
     from reclip.method.config import ReclipConfig
-    from reclip.method.reclip import adapt
+    from reclip.method.selftrain import adapt
     from reclip.models.open_clip_backend import OpenClipDualEncoder
 
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device="cuda")

@@ -34,12 +34,16 @@ def templates_file(tmp_path_factory) -> Path:
     return path
 
 
-def run_library(domain: Path, mode: str, epochs: int = 2, **settings):
+def run_library(domain: Path, mode: str, epochs: int = 2, stages=None, **settings):
+    """A run of the tiny model; the safeguard is off unless ``settings`` set it (these tests are
+    about training: a fallback to zero-shot would hide what it did)."""
     model = reclip.load_model("tiny", device="cpu")
     dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
     before = {n: p.detach().clone() for n, p in model.module.named_parameters()}
+    if mode == "reclip":
+        settings = {"safeguard": 0.0, "safeguard_gain": -1.0, **settings}
     config = reclip.ReclipConfig(mode=mode, epochs=epochs, k=10, workers=0, cache=False, **settings)
-    result = reclip.ReCLIP(model, config).fit(dataset, TEMPLATES)
+    result = reclip.ReCLIP(model, config, stages=stages).fit(dataset, TEMPLATES)
     return model, before, result
 
 
@@ -184,9 +188,10 @@ def test_transductive_mode_writes_both_metric_blocks(domain, templates_file, tmp
 
 
 def _cli(domain: Path, templates_file: Path, out: Path, *extra: str) -> list[str]:
+    """``reclip adapt`` with the safeguard off: the predictions compared are the trained ones."""
     return [sys.executable, "-m", "reclip", "adapt", "--model", "tiny", "--dataset", str(domain),
             "--templates", str(templates_file), "--epochs", "3", "--k", "10", "--workers", "0",
-            "--out", str(out), *extra]
+            "--safeguard", "0", "--safeguard-gain", "-1", "--out", str(out), *extra]
 
 
 def _wait_for_epoch(out: Path, proc: subprocess.Popen, epochs_done: int) -> None:
@@ -246,38 +251,38 @@ def test_without_the_agreement_filter_every_sample_trains(domain):
     assert [h["agreed_trained"] for h in unfiltered.history] == [100, 100]
 
 
-def test_zero_shot_pseudo_labels_skip_label_propagation(domain, monkeypatch):
-    from reclip.method import reclip as loop
+class CountingPropagation:
+    """Label propagation with the run's settings that counts its calls."""
 
-    calls = []
-    propagate = loop.label_propagation
+    name = "counting"
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return propagate(*args, **kwargs)
+    def __init__(self, **settings) -> None:
+        from reclip.method.transduce.peers import LabelPropagation
 
-    monkeypatch.setattr(loop, "label_propagation", counting)
-    _, _, result = run_library(domain, "reclip", pseudo_labels="zero-shot")
-    # one propagation in all: the safeguard's, on the frozen model; none for pseudo labels
-    assert len(calls) == 1 and len(result.history) == 2
+        config = reclip.ReclipConfig(k=10, **settings).for_model(contrastive=True)
+        self.inner, self.calls = LabelPropagation(config.propagation_settings(4)), 0
+
+    def __call__(self, features, classifier):
+        self.calls += 1
+        return self.inner(features, classifier)
+
+
+def test_zero_shot_pseudo_labels_skip_label_propagation(domain):
+    from reclip.method.run import Stages
+
+    counting = CountingPropagation()
+    _, _, result = run_library(domain, "reclip", pseudo_labels="zero-shot", stages=Stages(pseudo_labels=counting))
+    # no propagation for pseudo labels (the safeguard's judge is another stage)
+    assert counting.calls == 0 and len(result.history) == 2
     first = result.history[0]
     # epoch 0: T's pseudo labels are T's own predictions, whose accuracy is T's top-1
     assert first["pseudo_label_acc_t"] == pytest.approx(first["top1_t"])
     assert first["pseudo_label_acc_v"] == pytest.approx(first["top1_v"])
 
 
-def test_no_project_builds_the_graph_on_unprojected_features(domain, monkeypatch):
-    from reclip.method import reclip as loop
-
-    seen = []
-    propagate = loop.label_propagation
-
-    def recording(*args, **kwargs):
-        seen.append(kwargs["project"])
-        return propagate(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "label_propagation", recording)
+def test_no_project_builds_the_graph_on_unprojected_features(domain):
+    assert reclip.ReclipConfig(project=False).for_model(True).propagation_settings(4)["project"] is False
     _, _, projected = run_library(domain, "t-only", epochs=1)
     _, _, unprojected = run_library(domain, "t-only", epochs=1, project=False)
-    assert seen == [True, False]
+    assert projected.metrics["config"]["project"] and not unprojected.metrics["config"]["project"]
     assert projected.history[0]["pseudo_label_acc_t"] != unprojected.history[0]["pseudo_label_acc_t"]

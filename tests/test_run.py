@@ -68,6 +68,59 @@ def test_cut_dim_follows_the_authors_rule_for_many_classes():
     assert reclip.ReclipConfig(cut_dim=64).projection_rank(1000) == 64
 
 
+def test_model_dependent_and_mode_dependent_defaults_are_resolved_in_one_place():
+    from reclip.method.config import K_PROPAGATION, K_TRANSCLIP, PROFILES
+
+    assert reclip.ReclipConfig().k is None and reclip.ReclipConfig().for_model(True).k == K_PROPAGATION == 20
+    assert reclip.ReclipConfig(mode="transclip").for_model(True).k == K_TRANSCLIP == 3
+    assert reclip.ReclipConfig(mode="transclip", k=20).for_model(True).k == 20
+    apart = reclip.ReclipConfig().for_model(False)
+    assert (apart.alpha, apart.v_tower, apart.image_edges) == (0.95, "frozen", "full") == tuple(
+        PROFILES["apart"].as_dict()[k] for k in ("alpha", "v_tower", "image_edges"))
+
+
+def test_every_setting_has_a_stage_and_a_flag():
+    import argparse
+    from dataclasses import fields
+
+    from reclip.cli.common import add_data_options, add_method_options, flag
+    from reclip.method.config import STAGES
+
+    parser = argparse.ArgumentParser()
+    add_data_options(parser)
+    add_method_options(parser)
+    dests = {a.dest: a for a in parser._actions}
+    for f in fields(reclip.ReclipConfig):
+        assert f.metadata["stage"] in STAGES and f.metadata["help"]
+        assert f.name in dests and flag(f.name) in dests[f.name].option_strings, f.name
+    args = parser.parse_args(["--dataset", "x", "--momentum", "0.5", "--epoch-max", "7", "--no-calibrate",
+                              "--no-cache"])
+    assert (args.momentum, args.epoch_max, args.calibrate, args.cache) == (0.5, 7, False, False)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"mode": "transductive", "epochs": 3}, "epochs is not used in mode 'transductive' (only in reclip, v-only, t-only)"),
+    ({"mode": "zero-shot", "k": 5}, "k is not used in mode 'zero-shot'"),
+    ({"mode": "transclip", "alpha": 0.5}, "alpha is not used in mode 'transclip'"),
+    ({"mode": "t-only", "safeguard": 0.1}, "safeguard is not used in mode 't-only' (only in reclip)"),
+    ({"mode": "v-only", "calibrate": False}, "calibrate is not used in mode 'v-only'"),
+])
+def test_a_setting_the_mode_does_not_use_is_refused_in_one_line(settings, message):
+    with pytest.raises(ConfigError) as info:
+        reclip.ReclipConfig(**settings)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert info.value.param == list(settings)[1]
+
+
+def test_transclip_uses_the_k_it_is_given(domain):
+    model = reclip.load_model("tiny", device="cpu")
+    dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
+    default = reclip.ReCLIP(model, mode="transclip", workers=0).fit(dataset)
+    given = reclip.ReCLIP(model, mode="transclip", k=20, workers=0).fit(dataset)
+    assert default.metrics["transclip"]["k"] == default.metrics["config"]["k"] == 3
+    assert given.metrics["transclip"]["k"] == given.metrics["config"]["k"] == 20
+
+
 # --- the README's "From Python" example -----------------------------------------------------
 
 def readme_python_example() -> str:
@@ -208,7 +261,7 @@ def test_resume_is_refused_when_class_names_or_templates_change(domain, tmp_path
 def test_non_finite_training_stops_with_one_line_and_keeps_the_last_checkpoint(domain, tmp_path, monkeypatch):
     from safetensors import safe_open
 
-    from reclip.method import reclip as loop
+    from reclip.method import selftrain as loop
 
     calls = {"n": 0}
     finite_ce = loop.masked_ce_sum
@@ -294,8 +347,11 @@ def test_epoch_zero_prediction_is_the_zero_shot_one_under_bf16_autocast(domain, 
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)  # bf16 autocast on this CPU too
     model = reclip.load_model("tiny", device="cpu")
     dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
-    # one template: T's first-template head, V's first classifier and the zero-shot classifier coincide
-    result = reclip.ReCLIP(model, epochs=0, calibrate=False, workers=0).fit(dataset, ["a photo of a {}."])
+    # one template: T's first-template head, V's first classifier and the zero-shot classifier coincide;
+    # the safeguard is off, so the predictions are the combined head's, not a fallback to zero-shot
+    result = reclip.ReCLIP(model, epochs=0, calibrate=False, safeguard=0.0, safeguard_gain=-1.0,
+                           workers=0).fit(dataset, ["a photo of a {}."])
+    assert result.metrics["safeguard"]["kept"] == "adapted"
     assert torch.equal(result.predictions.probs, result.zero_shot.probs)
 
 

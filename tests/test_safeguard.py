@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import reclip
-from reclip.method import reclip as loop
-from reclip.method import run as run_module
-from reclip.method.propagation import PropagationResult, label_propagation
+from reclip.method.propagation import label_propagation
+from reclip.method.run import Stages
+from reclip.method.safeguard import SafeguardWarning, decide, estimated_gain, fit_temperature, head_agreement
+from reclip.method.transduce.base import Transduction
+from reclip.method.transduce.peers import LabelPropagation
 from reclip.metrics import scores_to_probabilities
-from reclip.method.run import SafeguardWarning
-from reclip.method.safeguard import decide, estimated_gain, fit_temperature, head_agreement
 
 
 
@@ -63,10 +63,25 @@ def test_estimated_gain_is_the_expected_top1_difference_under_the_posterior():
     assert estimated_gain(posterior, zero_shot, zero_shot) == 0.0
 
 
-def run(domain: Path, **settings):
+def run(domain: Path, stages: Stages | None = None, **settings):
     model = reclip.load_model("tiny", device="cpu")
     dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
-    return reclip.ReCLIP(model, epochs=2, k=10, workers=0, **settings).fit(dataset, ["a photo of a {}."])
+    training = {"epochs": 2} if settings.get("mode", "reclip") == "reclip" else {}
+    return reclip.ReCLIP(model, k=10, workers=0, stages=stages, **training, **settings).fit(dataset,
+                                                                                          ["a photo of a {}."])
+
+
+class Spy:
+    """A transducer that records what it was given and answers as ``inner``."""
+
+    name = "spy"
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, []
+
+    def __call__(self, features, classifier):
+        self.calls.append((features.clone(), classifier.clone()))
+        return self.inner(features, classifier)
 
 
 def test_good_pseudo_labels_keep_the_adapted_predictions_with_calibrated_confidence(domain):
@@ -81,17 +96,12 @@ def test_good_pseudo_labels_keep_the_adapted_predictions_with_calibrated_confide
 def test_calibration_target_is_label_propagations_mean_confidence(domain, monkeypatch):
     """The target is the mean largest probability of label propagation on the frozen model,
     normalised as the transductive predictions are; the estimated gain reads the same."""
-    seen = {}
-    posterior = loop.frozen_posterior
-
-    def spy(config, f_frozen, classifier, device):
-        seen.update(features=f_frozen.clone(), nodes=classifier.clone(), config=config)
-        return posterior(config, f_frozen, classifier, device)
-
-    monkeypatch.setattr(run_module, "frozen_posterior", spy)
-    result = run(domain, safeguard=0.0)
-    c = seen["config"]
-    lp = label_propagation(seen["features"], seen["nodes"], k=c.k, alpha=c.alpha, image_edges=c.image_edges)
+    config = reclip.ReclipConfig(k=10).for_model(contrastive=True)
+    judge = Spy(LabelPropagation(config.propagation_settings(4)))
+    result = run(domain, Stages(judge=judge), safeguard=0.0)
+    assert len(judge.calls) == 1
+    features, nodes = judge.calls[0]
+    lp = label_propagation(features, nodes, k=config.k, alpha=config.alpha, image_edges=config.image_edges)
     probs = scores_to_probabilities(lp.scores)
     expected = probs.max(-1).values.mean().item()
     guard = result.metrics["safeguard"]
@@ -112,26 +122,31 @@ def test_no_calibration_keeps_the_raw_confidences(domain):
     assert guard["temperature"] == 1.0 and guard["confidence_target"] is None
 
 
-def test_random_pseudo_labels_fall_back_to_zero_shot(domain, monkeypatch, tmp_path):
-    propagate = loop.label_propagation
-    generator = torch.Generator().manual_seed(0)
+class RandomLabels:
+    """Label propagation whose labels (and so V's centroids) are noise: pseudo labels known to be
+    bad. Its probabilities stay the real ones."""
 
-    def random_labels(features, nodes, **kwargs):
-        """Label propagation whose labels (and so V's centroids) are noise: pseudo labels known to
-        be bad. Its scores stay the real ones: the safeguard reads them."""
-        result = propagate(features, nodes, **kwargs)
-        labels = torch.randint(0, len(nodes), (len(features),), generator=generator)
+    name = "random"
+
+    def __init__(self, config) -> None:
+        self.propagate = LabelPropagation(config.propagation_settings(4))
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __call__(self, features, nodes):
+        result = self.propagate(features, nodes)
+        labels = torch.randint(0, len(nodes), (len(features),), generator=self.generator)
         sums = torch.zeros(len(nodes), features.shape[1]).index_add_(0, labels, features.float().cpu())
-        return PropagationResult(**{**result.__dict__, "labels": labels,
-                                    "centroids": torch.nn.functional.normalize(sums, dim=1)})
+        return Transduction(result.probs, labels, torch.nn.functional.normalize(sums, dim=1), result.info)
 
-    monkeypatch.setattr(loop, "label_propagation", random_labels)
+
+def test_random_pseudo_labels_fall_back_to_zero_shot(domain, tmp_path):
+    stages = Stages(pseudo_labels=RandomLabels(reclip.ReclipConfig(k=10).for_model(contrastive=True)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = reclip.load_model("tiny", device="cpu")
         dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
         result = reclip.ReCLIP(model, epochs=3, k=10, lr_t=0.05, lr_v=0.5, safeguard=0.95, safeguard_gain=-1.0,
-                               workers=0).fit(dataset, ["a photo of a {}."], out=tmp_path / "out")
+                               workers=0, stages=stages).fit(dataset, ["a photo of a {}."], out=tmp_path / "out")
     guard = result.metrics["safeguard"]
     assert guard["kept"] == "zero-shot" and guard["agreement"] < 0.95
     assert [str(w.message) for w in caught if w.category is SafeguardWarning] == [f"safeguard: {guard['reason']}"]
@@ -142,18 +157,18 @@ def test_random_pseudo_labels_fall_back_to_zero_shot(domain, monkeypatch, tmp_pa
     assert torch.equal(adapted.predict(dataset, workers=0).probs, result.zero_shot.probs)
 
 
-def test_a_judge_that_rates_zero_shot_right_falls_back_to_zero_shot(domain, monkeypatch):
+def test_a_judge_that_rates_zero_shot_right_falls_back_to_zero_shot(domain):
     """When label propagation on the frozen model puts all its mass on the zero-shot classes,
     any adapted prediction that differs has a negative estimated gain: the run keeps zero-shot
     through that check alone (head agreement off), says why, and records the signal per epoch.
     (The tiny model's zero-shot is near chance, so no real adaptation here is worse than it.)"""
-    def zero_shot_judge(config, f_frozen, classifier, device):
-        return torch.nn.functional.one_hot((f_frozen @ classifier.T).argmax(-1), len(classifier)).float()
+    def zero_shot_judge(f_frozen, classifier):
+        labels = (f_frozen @ classifier.T).argmax(-1)
+        return Transduction(torch.nn.functional.one_hot(labels, len(classifier)).float(), labels)
 
-    monkeypatch.setattr(run_module, "frozen_posterior", zero_shot_judge)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = run(domain, safeguard=0.0)
+        result = run(domain, Stages(judge=zero_shot_judge), safeguard=0.0)
     guard = result.metrics["safeguard"]
     assert guard["kept"] == "zero-shot" and guard["estimated_gain"] < 0 and "at least as likely right" in guard["reason"]
     assert torch.equal(result.predictions.probs, result.zero_shot.probs) and "final_adapted" in result.metrics

@@ -6,7 +6,10 @@ Public API (imported lazily so ``import reclip`` stays fast):
 - ``load_dataset(spec, root=None, split="test", transform=None, ...)`` -> ``ImageDataset``;
   ``random_subset(dataset, n, seed=0)``
 - ``ReCLIP(model, ReclipConfig(...)).fit(dataset, out=None, resume=False)`` -> ``ReclipResult``
-  (``predictions``, ``zero_shot``, ``adapter``, ``metrics``, ``history``, ``save(out)``)
+  (``predictions``, ``zero_shot``, ``adapter``, ``metrics`` (metrics.json), typed ``info``,
+  ``final_metrics``, ``safeguard``, ``logits`` of every head, ``history``, ``save(out)``);
+  ``ReCLIP(model, config, stages=Stages(...))`` replaces a stage's ``Transducer`` (features +
+  classifier in, ``Transduction`` out); ``ModelProfile``: the settings a kind of model declares
 - ``Adapter.load(path).apply(model)`` -> ``AdaptedModel`` (``predict(dataset)`` -> ``Predictions``)
 - ``label_propagation(image_features, class_embeddings, ...)`` -> ``PropagationResult``;
   ``projection(class_embeddings, cut_dim=None)``; ``transclip(image_features, classifier=...)``
@@ -30,11 +33,15 @@ _EXPORTS = {
     "ImageDataset": "reclip.data.datasets",
     "random_subset": "reclip.data.sampling",
     "ReCLIP": "reclip.method.run",
-    "ReclipResult": "reclip.method.run",
+    "ReclipResult": "reclip.method.result",
+    "Stages": "reclip.method.run",
+    "Transducer": "reclip.method.transduce.base",
+    "Transduction": "reclip.method.transduce.base",
+    "ModelProfile": "reclip.method.config",
     "ReclipConfig": "reclip.method.config",
     "ConfigError": "reclip.method.config",
     "Predictions": "reclip.predictions",
-    "Callback": "reclip.callbacks",
+    "Callback": "reclip.method.callbacks",
     "label_propagation": "reclip.method.propagation",
     "projection": "reclip.method.propagation",
     "transclip": "reclip.method.transclip",

@@ -32,7 +32,7 @@ from ..data.benchmarks import canonical_name
 from ..data.datasets import ImageDataset, load_dataset
 from ..data.sampling import random_subset
 from ..errors import ReclipError
-from ..io import atomic_path, atomic_write_text, output_folder, write_json
+from ..io import atomic_write_text, output_folder, write_json
 from ..method.config import ReclipConfig
 from ..method.run import ReCLIP
 from ..models.base import DualEncoder

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from dataclasses import Field, fields
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,18 +11,35 @@ from ..data.datasets import ImageDataset, load_dataset
 from ..data.prompts import read_templates
 from ..data.sampling import random_subset
 from ..errors import ReclipError
-from ..method.config import ALPHA_APART, ALPHA_CONTRASTIVE, CHOICES, ReclipConfig
+from ..method.config import CHOICES, ReclipConfig
 from ..models.base import DualEncoder
 from ..models.factory import load_model
 
-# library parameters whose flag is not simply --<name with dashes>
-FLAGS = {"cache": "--no-cache", "project": "--no-project", "agreement_filter": "--no-agreement-filter",
-         "calibrate": "--no-calibrate"}
+# the settings that every command reading images has (the data group); the rest is the method group
+DATA_SETTINGS = ("batch_size", "workers", "cache")
+FIELDS: dict[str, Field] = {f.name: f for f in fields(ReclipConfig)}
 
 
 def flag(param: str) -> str:
-    """The command-line flag of a library parameter ("lr_v" -> "--lr-v")."""
-    return FLAGS.get(param, "--" + param.replace("_", "-"))
+    """The command-line flag of a library parameter ("lr_v" -> "--lr-v"; a setting that is on by
+    default, "project" -> "--no-project")."""
+    name = param.replace("_", "-")
+    field = FIELDS.get(param)
+    return f"--no-{name}" if field is not None and field.default is True else f"--{name}"
+
+
+def add_setting(group: argparse._ArgumentGroup, name: str) -> None:
+    """The flag of the ``ReclipConfig`` field ``name``, generated from its metadata (dest = the
+    field's name): a switch for a setting on by default, choices where the field has them."""
+    field = FIELDS[name]
+    meta = field.metadata
+    if meta["kind"] is bool:
+        group.add_argument(flag(name), dest=name, action="store_false", help=meta["help"])
+        return
+    choices = [c for c in CHOICES.get(name, ()) if c is not None] or None
+    shown = "" if field.default is None or "default" in meta["help"] else f" (default {field.default})"
+    group.add_argument(flag(name), dest=name, type=meta["kind"], choices=choices, default=field.default,
+                       help=meta["help"] + shown)
 
 
 def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -46,73 +64,22 @@ def add_data_options(p: argparse.ArgumentParser, with_prompts: bool = True) -> N
         g.add_argument("--templates", default=None, help="file with one prompt template per line, each with {}")
     g.add_argument("--max-images", type=int, default=None,
                    help="use a seeded random subset of this many images (quick runs)")
-    g.add_argument("--batch-size", type=int, default=ReclipConfig.batch_size)
-    g.add_argument("--workers", type=int, default=None, help="data-loading processes (default: cores - 1, at most 4)")
+    for name in DATA_SETTINGS:
+        add_setting(g, name)
     g.add_argument("--strict", action="store_true", help="abort on an unreadable image instead of skipping it")
-    g.add_argument("--no-cache", action="store_true", help="do not read or write the image-feature cache")
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
-    """Every ``ReclipConfig`` field as a flag (dest = the field's name)."""
-    d = ReclipConfig()
+    """Every other ``ReclipConfig`` field as a flag, generated from the field's metadata."""
     g = p.add_argument_group("method")
-    g.add_argument("--mode", choices=CHOICES["mode"], default=d.mode,
-                   help="reclip (both branches), v-only, t-only, transductive (label propagation alone) "
-                        "or transclip (the published TransCLIP), both training-free, or zero-shot")
-    g.add_argument("--epochs", type=int, default=None, help="default: N // 5000 + 2")
-    g.add_argument("--lr-v", type=float, default=d.lr_v, help=f"ReCLIP-V learning rate (default {d.lr_v})")
-    g.add_argument("--lr-t", type=float, default=d.lr_t, help=f"ReCLIP-T learning rate (default {d.lr_t})")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--k", type=int, default=d.k, help=f"neighbours in the label-propagation graph ({d.k})")
-    g.add_argument("--alpha", type=float, default=None,
-                   help=f"label-propagation alpha (default: {ALPHA_CONTRASTIVE} on CLIP-family models, "
-                        f"{ALPHA_APART} on the bridge)")
-    g.add_argument("--cut-dim", type=int, default=None,
-                   help="projection rank r (default: D, or 250 above 500 classes as the authors' ImageNet runs)")
-    g.add_argument("--knn", choices=CHOICES["knn"], default=d.knn, help="exact or approximate k-NN graph")
-    g.add_argument("--image-edges", choices=CHOICES["image_edges"], default=d.image_edges,
-                   help="label-propagation graph: image-image similarities in the projection space "
-                        "(projected, the paper's) or of the full features (full); default auto: "
-                        "projected on CLIP-family models, full on the bridge")
-    g.add_argument("--knn-backend", choices=[c for c in CHOICES["knn_backend"] if c], default=None,
-                   help="k-NN library (default: the faster one on this machine, measured)")
-    g.add_argument("--v-loss", choices=CHOICES["v_loss"], default=d.v_loss,
-                   help="reference: the authors' mean(CE*mask)/sum(mask), V's step divided by the batch "
-                        "size (default); mean: masked mean like T")
-    g.add_argument("--v-graph", choices=CHOICES["v_graph"], default=d.v_graph,
-                   help="V's label-propagation class nodes: text (the original text embeddings, as the authors' "
-                        "code; default) or centroids (V's current classifier)")
-    g.add_argument("--v-tower", choices=CHOICES["v_tower"], default=d.v_tower,
-                   help="train (V trains its image tower's norm affines), frozen (V's classifier still follows "
-                        "its label-propagation centroids) or auto (default: train for CLIP-family models, frozen "
-                        "for the bridge, whose towers were trained apart)")
-    g.add_argument("--t-template", default=None,
-                   help="the template ReCLIP-T trains and classifies with (default: the first template)")
-    g.add_argument("--no-project", dest="project", action="store_false",
-                   help="ablation: build the label-propagation graph on unprojected features")
-    g.add_argument("--no-agreement-filter", dest="agreement_filter", action="store_false",
-                   help="ablation: each branch trains on all its pseudo labels, not only the agreed ones")
-    g.add_argument("--pseudo-labels", choices=CHOICES["pseudo_labels"], default=d.pseudo_labels,
-                   help="ablation: zero-shot trains on each branch's own predictions instead of propagated labels")
-    g.add_argument("--safeguard", type=float, default=d.safeguard,
-                   help="reclip mode: keep the zero-shot predictions when T's and V's heads agree on less than "
-                        f"this share of the images at the end (default {d.safeguard:g}, chosen on dev targets; 0: off)")
-    g.add_argument("--safeguard-gain", type=float, default=d.safeguard_gain,
-                   help="reclip mode: keep the zero-shot predictions when label propagation's estimate of the "
-                        "adapted predictions' top-1 gain over zero-shot is at most this "
-                        f"(default {d.safeguard_gain:g}; -1: off)")
-    g.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                   help="reclip mode: keep the raw confidences (default: a temperature makes their mean "
-                        "equal label propagation's mean confidence on the frozen model)")
-    g.add_argument("--seed", type=int, default=d.seed)
+    for name in FIELDS:
+        if name not in DATA_SETTINGS:
+            add_setting(g, name)
 
 
 def config_from_args(args: argparse.Namespace, **fixed: object) -> ReclipConfig:
     """The validated ``ReclipConfig`` of the parsed flags (``fixed`` overrides)."""
-    names = ReclipConfig.__dataclass_fields__
-    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    if hasattr(args, "no_cache"):
-        values["cache"] = not args.no_cache
+    values = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
     return ReclipConfig(**{**values, **fixed})
 
 

@@ -44,8 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise ReclipError(f"--n must be positive; got {args.n}")
-    configs = {mode: ReclipConfig(mode=mode, epochs=args.epochs, workers=args.workers)
-               for mode in ("transductive", "reclip")}
+    configs = {"transductive": ReclipConfig(mode="transductive", workers=args.workers),
+               "reclip": ReclipConfig(mode="reclip", epochs=args.epochs, workers=args.workers)}
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise ReclipError(f"--data-root {args.data_root} does not exist; {GET_DATA}")
     try:  # the data first: a machine without it fails in seconds, before the model is built

@@ -14,8 +14,9 @@ from safetensors.torch import save_file
 from ..errors import ReclipError
 from ..io import atomic_path
 from ..models.base import DualEncoder
-from .adapter import load_into, read_safetensors, snapshot
-from .reclip import Heads, RunState
+from .weights import load_into, read_safetensors, snapshot
+from .heads import Heads
+from .selftrain import RunState
 
 CHECKPOINT = Path("checkpoint") / "state.safetensors"
 HEADS = ("v_classifier", "t_classifier", "t_full", "t_original")

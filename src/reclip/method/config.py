@@ -6,7 +6,7 @@ turns the parameter name into its flag.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .. import checks
@@ -24,8 +24,6 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "image_edges": ("auto", "projected", "full"),
     "pseudo_labels": ("propagated", "zero-shot"),
 }
-# fields that change how fast a run goes, never what it computes (left out of resume identity)
-RUNTIME_FIELDS = ("workers", "cache")
 MANY_CLASSES = 500      # above this many classes the projection keeps MANY_CLASSES_CUT_DIM dimensions
 MANY_CLASSES_CUT_DIM = 250
 #: Label-propagation alpha when none is given: the paper's for contrastive (CLIP-family)
@@ -38,79 +36,119 @@ class ConfigError(ArgumentError):
     """A bad value for one parameter; ``param`` names it."""
 
 
+@dataclass(frozen=True)
+class ModelProfile:
+    """The settings that depend on how a model was trained, declared per kind of model:
+    ``contrastive`` (towers trained together, the CLIP family) or ``apart`` (towers trained
+    apart and bridged, the ``bridge`` model). ``alpha``: label propagation's; ``v_tower``:
+    whether V trains its image tower; ``image_edges``: which features the graph compares
+    images by. The apart values were chosen on the dev targets (docs/method.md, "Defaults")."""
+
+    name: str
+    alpha: float
+    v_tower: str
+    image_edges: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROFILES = {"contrastive": ModelProfile("contrastive", ALPHA_CONTRASTIVE, "train", "projected"),
+            "apart": ModelProfile("apart", ALPHA_APART, "frozen", "full")}
+#: neighbours per image when ``k`` is None: label propagation's (the paper's) and TransCLIP's (its paper's)
+K_PROPAGATION = 20
+K_TRANSCLIP = 3
+STAGES = ("run", "propagation", "training", "safeguard", "runtime")
+
+
+def profile_for(contrastive: bool) -> ModelProfile:
+    """The ``ModelProfile`` of a model whose towers were trained together (``contrastive``) or apart."""
+    return PROFILES["contrastive" if contrastive else "apart"]
+
+
+def setting(default: Any, stage: str, help: str, kind: type | None = None, modes: tuple[str, ...] = MODES) -> Any:
+    """A ``ReclipConfig`` field: its ``default``, the ``stage`` that reads it, the ``help`` of its
+    command-line flag (generated from this), the flag's value type ``kind`` (default: the
+    default's) and the ``modes`` that use it."""
+    return field(default=default, metadata={"stage": stage, "help": help, "kind": kind or type(default),
+                                             "modes": modes})
+
+
+SELF_TRAINING = TRAINING_MODES
+PROPAGATING = TRAINING_MODES + ("transductive",)
+TRANSDUCTIVE = PROPAGATING + ("transclip",)
+
+
 @dataclass
 class ReclipConfig:
-    """Settings of one run of ``reclip.ReCLIP``.
+    """Settings of one run of ``reclip.ReCLIP``, grouped by the stage that reads them
+    (``stage_settings``); each field's help (``fields(ReclipConfig)[i].metadata``) is also its
+    command-line flag's, and its metadata names the modes that use it: a field set to other
+    than its default in another mode is refused (``ConfigError``), never silently dropped.
+    Model-dependent fields left at None/``auto`` are resolved by ``for_model`` from the
+    model's ``ModelProfile``.
 
     mode: ``reclip`` (both branches), ``v-only``, ``t-only``, ``transductive`` (label
       propagation alone, no training), ``transclip`` (the published TransCLIP, no
       training) or ``zero-shot`` (the prompt-ensemble baseline).
-    epochs: training epochs; None means ``min(epoch_max, N // 5000 + 2)``.
-    batch_size, lr_v, lr_t, momentum, weight_decay: SGD settings of the two branches.
-    k, alpha, cut_dim, knn, knn_backend: label propagation (neighbours, propagation weight,
-      projection rank - None means D, or 250 above 500 classes -, exact or approximate k-NN,
-      and which k-NN library: None picks the fastest on this machine). ``alpha=None`` is
-      resolved by ``for_model``: ``ALPHA_CONTRASTIVE`` (0.99, the paper's) for a CLIP-family
-      model, ``ALPHA_APART`` (0.95, chosen on the dev targets) for towers trained apart.
-    image_edges: where the label-propagation graph compares two images: ``projected`` (the
-      projection space, as every other similarity: the paper's graph), ``full`` (their full
-      features; edges to class nodes stay in the projection space) or ``auto``: ``projected``
-      for a CLIP-family model, ``full`` for towers trained apart (the bridge, chosen on the dev
-      targets); ``for_model`` resolves it.
-    v_loss: ``reference`` (the authors' mean(CE*mask)/sum(mask)) or ``mean`` (masked mean).
-    v_graph: V's class nodes: ``centroids`` (its current classifier) or ``text`` (the original
-      text embeddings, as the authors' code).
-    v_tower: ``train`` (V trains its image tower's norm affines), ``frozen`` (V's classifier
-      still follows its label-propagation centroids; the tower does not train) or ``auto``:
-      ``train`` for a contrastively trained CLIP-family model, ``frozen`` for a model whose
-      towers were trained apart (the bridge); ``for_model`` resolves it.
-    t_template: the template ReCLIP-T trains and classifies with; None: the first template.
-    project, agreement_filter, pseudo_labels: ablations of the paper's analysis. ``project=False``
-      builds the label-propagation graph on unprojected features; ``agreement_filter=False``
-      trains each branch on all its pseudo labels, not only those both branches agree on;
-      ``pseudo_labels="zero-shot"`` trains on each branch's own predictions instead of
-      propagated labels.
-    safeguard: in ``reclip`` mode, keep the zero-shot predictions when T's and V's heads agree on
-      less than this share of the images at the end (0 turns this check off; the default
-      was chosen on the dev targets by benchmarks/choose_safeguard.py).
-    safeguard_gain: in ``reclip`` mode, also keep the zero-shot predictions when the top-1 gain of
-      the adapted predictions over zero-shot, estimated with label propagation's probabilities
-      on the frozen model as soft labels, is at most this (a fraction in [-1, 1]; -1 turns this
-      check off; 0: no estimated gain, no adaptation).
-    calibrate: in ``reclip`` mode, scale the final logits by a temperature that makes their mean
-      confidence equal label propagation's mean confidence on the frozen model (label-free
-      calibration).
-    seed: shuffling and initialisation seed.
-    workers: data-loading processes (None: cores - 1, at most 4). cache: use the feature cache.
+    Propagation: k, alpha, cut_dim, knn, knn_backend, image_edges, project.
+    Training: epochs, epoch_max, batch_size, lr_v, lr_t, momentum, weight_decay, v_loss,
+      v_graph, v_tower, t_template, agreement_filter, pseudo_labels, seed.
+    Safeguard (reclip mode): safeguard, safeguard_gain, calibrate.
+    Runtime (how fast, never what): workers, cache.
     """
 
-    mode: str = "reclip"
-    epochs: int | None = None
-    epoch_max: int = 100
-    batch_size: int = 64
-    lr_v: float = 1e-3
-    lr_t: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    k: int = 20
-    alpha: float | None = None
-    cut_dim: int | None = None
-    knn: str = "exact"
-    knn_backend: str | None = None
-    image_edges: str = "auto"
-    v_loss: str = "reference"
-    v_graph: str = "text"
-    v_tower: str = "auto"
-    t_template: str | None = None
-    project: bool = True
-    agreement_filter: bool = True
-    pseudo_labels: str = "propagated"
-    safeguard: float = 0.6
-    safeguard_gain: float = 0.0
-    calibrate: bool = True
-    seed: int = 0
-    workers: int | None = None
-    cache: bool = True
+    mode: str = setting("reclip", "run", "reclip (both branches), v-only, t-only, transductive (label propagation "
+                        "alone) or transclip (the published TransCLIP), both training-free, or zero-shot")
+    epochs: int | None = setting(None, "training", "training epochs (default: min(epoch-max, N // 5000 + 2))",
+                                 int, SELF_TRAINING)
+    epoch_max: int = setting(100, "training", "most training epochs when --epochs is not given", int, SELF_TRAINING)
+    batch_size: int = setting(64, "training", "images per batch (feature extraction and training)")
+    lr_v: float = setting(1e-3, "training", "ReCLIP-V learning rate", float, SELF_TRAINING)
+    lr_t: float = setting(1e-3, "training", "ReCLIP-T learning rate", float, SELF_TRAINING)
+    momentum: float = setting(0.9, "training", "SGD momentum of both branches", float, SELF_TRAINING)
+    weight_decay: float = setting(1e-4, "training", "SGD weight decay of both branches", float, SELF_TRAINING)
+    k: int | None = setting(None, "propagation", f"neighbours per image in the graph (default: {K_PROPAGATION} for "
+                            f"label propagation, {K_TRANSCLIP} for transclip)", int, TRANSDUCTIVE)
+    alpha: float | None = setting(None, "propagation", f"label-propagation alpha (default: {ALPHA_CONTRASTIVE} on "
+                                  f"CLIP-family models, {ALPHA_APART} on the bridge)", float, PROPAGATING)
+    cut_dim: int | None = setting(None, "propagation", "projection rank r (default: D, or 250 above 500 classes "
+                                  "as the authors' ImageNet runs)", int, PROPAGATING)
+    knn: str = setting("exact", "propagation", "exact or approximate k-NN graph", str, TRANSDUCTIVE)
+    knn_backend: str | None = setting(None, "propagation", "k-NN library (default: the faster one on this machine, "
+                                      "measured)", str, PROPAGATING)
+    image_edges: str = setting("auto", "propagation", "label-propagation graph: image-image similarities in the "
+                               "projection space (projected, the paper's) or of the full features (full); default "
+                               "auto: projected on CLIP-family models, full on the bridge", str, PROPAGATING)
+    v_loss: str = setting("reference", "training", "reference: the authors' mean(CE*mask)/sum(mask), V's step "
+                          "divided by the batch size (default); mean: masked mean like T", str, SELF_TRAINING)
+    v_graph: str = setting("text", "training", "V's label-propagation class nodes: text (the original text "
+                           "embeddings, as the authors' code; default) or centroids (V's current classifier)",
+                           str, SELF_TRAINING)
+    v_tower: str = setting("auto", "training", "train (V trains its image tower's norm affines), frozen (V's "
+                           "classifier still follows its label-propagation centroids) or auto (default: train for "
+                           "CLIP-family models, frozen for the bridge, whose towers were trained apart)",
+                           str, SELF_TRAINING)
+    t_template: str | None = setting(None, "training", "the template ReCLIP-T trains and classifies with, put first "
+                                     "among the templates (default: the first template)", str)
+    project: bool = setting(True, "propagation", "ablation: build the label-propagation graph on unprojected "
+                            "features", bool, PROPAGATING)
+    agreement_filter: bool = setting(True, "training", "ablation: each branch trains on all its pseudo labels, not "
+                                     "only the agreed ones", bool, SELF_TRAINING)
+    pseudo_labels: str = setting("propagated", "training", "ablation: zero-shot trains on each branch's own "
+                                 "predictions instead of propagated labels", str, SELF_TRAINING)
+    safeguard: float = setting(0.6, "safeguard", "reclip mode: keep the zero-shot predictions when T's and V's "
+                               "heads agree on less than this share of the images at the end (chosen on dev "
+                               "targets; 0: off)", float, ("reclip",))
+    safeguard_gain: float = setting(0.0, "safeguard", "reclip mode: keep the zero-shot predictions when label "
+                                    "propagation's estimate of the adapted predictions' top-1 gain over zero-shot "
+                                    "is at most this (-1: off)", float, ("reclip",))
+    calibrate: bool = setting(True, "safeguard", "reclip mode: keep the raw confidences (default: a temperature "
+                              "makes their mean equal label propagation's mean confidence on the frozen model)",
+                              bool, ("reclip",))
+    seed: int = setting(0, "training", "shuffling and initialisation seed")
+    workers: int | None = setting(None, "runtime", "data-loading processes (default: cores - 1, at most 4)", int)
+    cache: bool = setting(True, "runtime", "do not read or write the image-feature cache")
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -121,7 +159,7 @@ class ReclipConfig:
         _integer(self, "epochs", minimum=0, optional=True)
         _integer(self, "epoch_max", minimum=1)
         _integer(self, "batch_size", minimum=1)
-        _integer(self, "k", minimum=1)
+        _integer(self, "k", minimum=1, optional=True)
         _integer(self, "cut_dim", minimum=2, optional=True)
         self.seed = checks.seed(self.seed, error=ConfigError)
         _integer(self, "workers", minimum=0, optional=True)
@@ -139,21 +177,39 @@ class ReclipConfig:
         if self.t_template is not None and (not isinstance(self.t_template, str) or "{}" not in self.t_template):
             raise ConfigError("t_template", f"must be a template with {{}} where the class name goes; "
                                             f"got {self.t_template!r}")
+        for f in fields(self):
+            if self.mode not in f.metadata["modes"] and getattr(self, f.name) != f.default:
+                raise ConfigError(f.name, f"is not used in mode {self.mode!r} (only in {', '.join(f.metadata['modes'])}); "
+                                          "leave it out")
 
     # --- derived settings --------------------------------------------------------------
     def for_model(self, contrastive: bool) -> "ReclipConfig":
-        """This config with ``v_tower="auto"``, ``alpha=None`` and ``image_edges="auto"`` resolved
-        for a model whose towers were trained together contrastively (``contrastive``, the CLIP
-        family: ``train``, ``ALPHA_CONTRASTIVE`` and ``projected``) or not (``frozen``,
-        ``ALPHA_APART`` and ``full``)."""
-        resolved = self
-        if self.v_tower == "auto":
-            resolved = replace(resolved, v_tower="train" if contrastive else "frozen")
-        if self.image_edges == "auto":
-            resolved = replace(resolved, image_edges="projected" if contrastive else "full")
-        if self.alpha is None:
-            resolved = replace(resolved, alpha=ALPHA_CONTRASTIVE if contrastive else ALPHA_APART)
-        return resolved
+        """This config resolved for a model whose towers were trained together contrastively
+        (``contrastive``, the CLIP family) or apart: ``resolve(profile_for(contrastive))``."""
+        return self.resolve(profile_for(contrastive))
+
+    def resolve(self, profile: ModelProfile) -> "ReclipConfig":
+        """This config with every default that depends on the model or the mode filled in, for
+        the fields the mode uses: ``v_tower="auto"``, ``alpha=None`` and ``image_edges="auto"``
+        from ``profile``, ``k=None`` from the mode (``K_TRANSCLIP`` for transclip, else
+        ``K_PROPAGATION``)."""
+        resolved = {"v_tower": profile.v_tower if self.v_tower == "auto" else self.v_tower,
+                    "image_edges": profile.image_edges if self.image_edges == "auto" else self.image_edges,
+                    "alpha": profile.alpha if self.alpha is None else self.alpha,
+                    "k": (K_TRANSCLIP if self.mode == "transclip" else K_PROPAGATION) if self.k is None else self.k}
+        used = {f.name for f in fields(self) if self.mode in f.metadata["modes"]}
+        return replace(self, **{name: value for name, value in resolved.items() if name in used})
+
+    def stage_settings(self, stage: str) -> dict[str, Any]:
+        """The fields read by ``stage`` (one of ``STAGES``), by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["stage"] == stage}
+
+    def propagation_settings(self, num_classes: int) -> dict[str, Any]:
+        """The keyword arguments of ``label_propagation`` for ``num_classes`` classes (the
+        projection rank resolved); the config must be resolved (``for_model``)."""
+        settings = self.stage_settings("propagation")
+        settings["cut_dim"] = self.projection_rank(num_classes)
+        return settings
 
     def num_epochs(self, n: int) -> int:
         """Training epochs for ``n`` images."""
@@ -189,14 +245,7 @@ class ReclipConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting that shapes the results (the runtime-only ones left out)."""
-        d = asdict(self)
-        for name in RUNTIME_FIELDS:
-            d.pop(name)
-        return d
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["stage"] != "runtime"}
 
 
 def _integer(config: ReclipConfig, name: str, minimum: int, optional: bool = False) -> None:

@@ -1,105 +1,87 @@
-"""``ReCLIP``: the main job as one call.
+"""``ReCLIP``: the main job as one call, read top to bottom as stages.
 
-``ReCLIP(model, config).fit(dataset)`` extracts the frozen image features (through the
-feature cache), scores zero-shot, then, by ``config.mode``, stops there (``zero-shot``),
-runs a training-free transduction (``transductive``: label propagation alone;
-``transclip``: the published TransCLIP) or the self-training loop (``reclip``,
-``v-only``, ``t-only``), and evaluates the final model. With ``out`` it owns the output
-folder: a checkpoint after every epoch, ``resume=True`` to continue one, and the outputs
-written atomically at the end. The model is left as it was given (its norm affines are
-restored after training); ``result.adapter.apply(model)`` gives the adapted model.
+``ReCLIP(model, config).fit(dataset)``:
+
+1. the frozen view (``frozen.py``): features through the feature cache, the text classifier,
+   zero-shot logits;
+2. by ``config.mode``: stop there (``zero-shot``), a transducer on the frozen features
+   (``transductive``: label propagation; ``transclip``), or the self-training loop
+   (``selftrain.py``: ``reclip``, ``v-only``, ``t-only``), which returns its heads and logits;
+3. for ``reclip``, the safeguard (``safeguard.py``): keep the adapted predictions or fall back
+   to zero-shot, and calibrate;
+4. a typed ``ReclipResult`` (``result.py``).
+
+With ``out`` it owns the output folder: a checkpoint after every epoch, ``resume=True`` to
+continue one, and the outputs written atomically at the end. The model's norm affines are
+restored after training (target statistics a model fits while encoding, the bridge's
+centring, stay fitted); ``result.adapter.apply(model)`` gives the adapted model.
 """
 from __future__ import annotations
 
 import contextlib
 import resource
-import warnings
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import checks, distributed
-from ..callbacks import Callback
 from ..data.datasets import ImageDataset
 from ..data.prompts import get_templates
 from ..errors import ReclipError
-from ..features import Features, extract_features
 from ..fingerprint import weights_fingerprint
-from ..io import output_folder, remove_stale, write_json
-from ..metrics import scores_to_probabilities
+from ..io import output_folder
 from ..models.base import DualEncoder
-from ..predictions import Predictions
-from ..report import plot_report
-from .adapter import ADAPTER_FILE, Adapter, adapter_meta, load_into, snapshot
+from .adapter import Adapter, adapter_meta
+from .callbacks import Callback
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ReclipConfig
-from .propagation import label_propagation
-from .reclip import RunState, adapt, branch_accuracies, frozen_posterior
-from .safeguard import decide, estimated_gain, head_agreement
-from .transclip import transclip
-from .zeroshot import class_embeddings, ensemble_classifiers, zero_shot_logits
+from .config import ReclipConfig, profile_for
+from .frozen import FrozenView, frozen_view
+from .heads import Heads, combine, head_logits
+from .result import OUTPUT_FILES, Passes, ReclipResult, RunInfo
+from .safeguard import Decision, SafeguardWarning, frozen_posterior, head_agreement, judge_run
+from .selftrain import RunState, adapt, branch_accuracies
+from .transduce.base import Transducer
+from .transduce.peers import LabelPropagation, TransCLIP
+from .weights import load_into, snapshot
 
-METRICS_FILE = "metrics.json"
-
-
-class SafeguardWarning(UserWarning):
-    """The safeguard kept the zero-shot predictions of a ReCLIP run."""
-
-
-PREDICTIONS_FILE = "predictions.csv"
-REPORT_FILE = "report.png"
+__all__ = ["ReCLIP", "ReclipResult", "SafeguardWarning", "Stages", "resolve_templates"]
 
 
 @dataclass
-class ReclipResult:
-    """What ``ReCLIP.fit`` returns.
+class Stages:
+    """The replaceable stages of a run; None: the ones ``config`` describes. ``pseudo_labels``:
+    the transducer that gives each self-training branch its pseudo labels (and V its
+    centroids); ``judge``: the safeguard's transducer on the frozen model; ``transducer``: the
+    training-free modes' (label propagation or TransCLIP)."""
 
-    ``predictions`` of the final model and ``zero_shot`` ones (``Predictions``), ``adapter``
-    (None for the training-free modes), ``metrics`` (what metrics.json holds: zero-shot and
-    final metrics when labels exist, per-epoch records, passes, timings), ``history`` (the
-    per-epoch records) and ``title`` (of the report).
-    """
+    pseudo_labels: Transducer | None = None
+    judge: Transducer | None = None
+    transducer: Transducer | None = None
 
-    mode: str
-    predictions: Predictions
-    zero_shot: Predictions
-    adapter: Adapter | None
-    metrics: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    title: str = ""
-
-    def save(self, out: str | Path) -> list[Path]:
-        """Write metrics.json, predictions.csv, and for training modes adapter.safetensors and
-        report.png into ``out``, each atomically; returns the paths written (none off rank 0)."""
-        if not distributed.is_main():
-            return []
-        out = Path(out)
-        written = [out / PREDICTIONS_FILE, out / METRICS_FILE]
-        self.predictions.save_csv(written[0])
-        if self.adapter is not None:
-            written.append(out / ADAPTER_FILE)
-            self.adapter.save(written[-1])
-        if self.history:
-            written.append(out / REPORT_FILE)
-            plot_report(written[-1], self.history, self.metrics["zero_shot"], self.metrics["final"], self.title,
-                        self.metrics.get("safeguard"))
-        write_json(written[1], self.metrics)  # last: its presence means the run finished
-        remove_stale(out, (ADAPTER_FILE, REPORT_FILE), written)
-        return written
+    def resolved(self, config: ReclipConfig, num_classes: int, device: torch.device) -> "Stages":
+        propagation = LabelPropagation(config.propagation_settings(num_classes), device)
+        if config.mode == "transclip":
+            default: Transducer = TransCLIP(config.k, config.knn, device)
+        else:
+            default = propagation
+        return Stages(self.pseudo_labels or propagation, self.judge or propagation, self.transducer or default)
 
 
 class ReCLIP:
     """Adapts ``model`` to unlabelled target images with the settings of ``config``.
 
     ``ReCLIP(model)`` uses the default ``ReclipConfig``; keyword arguments build one
-    (``ReCLIP(model, mode="transductive")``) or override fields of the given one.
+    (``ReCLIP(model, mode="transductive")``) or override fields of the given one. ``stages``
+    replaces stages of the run (``Stages``: its transducers).
     """
 
-    def __init__(self, model: DualEncoder, config: ReclipConfig | None = None, **settings: Any) -> None:
+    def __init__(self, model: DualEncoder, config: ReclipConfig | None = None, *, stages: Stages | None = None,
+                 **settings: Any) -> None:
         checks.model_argument(model)
         if config is not None:
             checks.instance_argument(config, ReclipConfig, "config", "build one with reclip.ReclipConfig(...)")
@@ -107,6 +89,7 @@ class ReCLIP:
             config = replace(config, **settings)
         self.model = model
         self.config = config if config is not None else ReclipConfig(**settings)
+        self.stages = stages if stages is not None else Stages()
 
     def fit(self, dataset: ImageDataset, templates: Sequence[str] | None = None, out: str | Path | None = None,
             resume: bool = False, callbacks: Sequence[Callback] = ()) -> ReclipResult:
@@ -121,15 +104,13 @@ class ReCLIP:
         templates, out, callbacks = checks.fit_arguments(self.model, dataset, templates, out, resume, callbacks)
         templates = resolve_templates(dataset, templates, self.config.t_template)
         callbacks = list(callbacks) if distributed.is_main() else []
-        names = (METRICS_FILE, PREDICTIONS_FILE, ADAPTER_FILE, REPORT_FILE)
-        folder = (output_folder(out, names, checks.dataset_inputs(dataset, names))
+        folder = (output_folder(out, OUTPUT_FILES, checks.dataset_inputs(dataset, OUTPUT_FILES))
                   if out is not None and distributed.is_main() else contextlib.nullcontext())
         norms = {**self.model.named_image_norm_parameters(), **self.model.named_text_norm_parameters()}
         pristine = snapshot(norms)
         with folder:
             try:
-                config = self.config.for_model(self.model.contrastive)
-                result = _Run(self.model, config, dataset, templates, callbacks).execute(
+                result = _Run(self.model, self.config, self.stages, dataset, templates, callbacks).execute(
                     Path(out) if out is not None else None, resume)
             finally:
                 load_into(norms, pristine, "model")
@@ -157,82 +138,88 @@ def resolve_templates(dataset: ImageDataset, templates: Sequence[str] | None, t_
 class _Run:
     """One execution of ``ReCLIP.fit`` (kept apart so ``fit`` reads as the outline)."""
 
-    def __init__(self, model: DualEncoder, config: ReclipConfig, dataset: ImageDataset, templates: list[str],
-                 callbacks: list[Callback]) -> None:
-        self.model, self.config, self.dataset, self.templates = model, config, dataset, templates
+    def __init__(self, model: DualEncoder, config: ReclipConfig, stages: Stages, dataset: ImageDataset,
+                 templates: list[str], callbacks: list[Callback]) -> None:
+        self.profile = profile_for(model.contrastive)
+        self.model, self.config, self.dataset, self.templates = model, config.resolve(self.profile), dataset, templates
+        self.stages = stages.resolved(self.config, len(dataset.classnames), model.device)
         self.callbacks = callbacks
         self.start = time.perf_counter()
 
     def execute(self, out: Path | None, resume: bool) -> ReclipResult:
         config = self.config
         torch.manual_seed(config.seed)
-        frozen = extract_features(self.model, self.dataset, batch_size=config.batch_size, workers=config.workers,
-                                  use_cache=config.cache)
-        if len(frozen.indices) == 0:
-            raise ReclipError(f"no readable image in {self.dataset.spec}; every file failed to decode")
-        with torch.inference_mode():
-            classifier = class_embeddings(self.model, self.dataset.classnames, self.templates).float().cpu()
-        zero_shot = self._predictions(frozen, zero_shot_logits(frozen.features, classifier).softmax(dim=-1))
-        metrics: dict[str, Any] = {
-            "task": "zeroshot" if config.mode == "zero-shot" else "adapt", "mode": config.mode,
-            "model": self.model.spec, "pretrained": self.model.pretrained, "dataset": self.dataset.spec,
-            "n": len(frozen.indices), **self.dataset.skipped_counts(frozen.skipped), "world_size": distributed.world(),
-            "config": config.to_dict(), "templates": self.templates,
-            "images_per_s": round(len(frozen.indices) / frozen.seconds, 1) if frozen.seconds else None,
-            "zero_shot": zero_shot.metrics()}
-        adapter, history = None, []
-        if config.mode == "zero-shot":
-            predictions = zero_shot
-            metrics["final"] = metrics["zero_shot"]
-        elif config.mode == "transductive":
-            predictions = self._transductive(frozen, classifier, metrics)
-        elif config.mode == "transclip":
-            predictions = self._transclip(frozen, classifier, metrics)
-        else:
-            predictions, adapter, history = self._self_train(frozen, classifier, zero_shot, out, resume, metrics)
-        metrics["seconds"] = round(time.perf_counter() - self.start, 3)
-        metrics["peak_memory_mb"] = round(_peak_memory_mb(self.model.device), 1)
-        return ReclipResult(config.mode, predictions, zero_shot, adapter, metrics, history,
-                            title=f"ReCLIP ({config.mode}) - {self.model.name} on {self.dataset.name}")
+        view = frozen_view(self.model, self.dataset, self.templates, batch_size=config.batch_size,
+                           workers=config.workers, cache=config.cache)
+        zero_shot = view.zero_shot
+        result = ReclipResult(config.mode, zero_shot, zero_shot, None, self._info(view), zero_shot.metrics(),
+                              zero_shot.metrics(), title=f"ReCLIP ({config.mode}) - {self.model.name} on "
+                                                          f"{self.dataset.name}",
+                              logits={"zero_shot": view.zero_shot_logits})
+        if config.mode in ("transductive", "transclip"):
+            self._transduce(view, result)
+        elif config.trains:
+            self._self_train(view, out, resume, result)
+        result.seconds = round(time.perf_counter() - self.start, 3)
+        result.peak_memory_mb = round(_peak_memory_mb(self.model.device), 1)
+        return result
 
-    def _predictions(self, frozen: Features, probs: torch.Tensor) -> Predictions:
-        return Predictions(frozen.indices, probs, self.dataset.classnames, self.dataset.paths, frozen.labels,
-                           frozen.skipped)
+    def _info(self, view: FrozenView) -> RunInfo:
+        config, model, f = self.config, self.model, view.features
+        return RunInfo(task="zeroshot" if config.mode == "zero-shot" else "adapt", mode=config.mode, model=model.spec,
+                       pretrained=model.pretrained, dataset=self.dataset.spec, n=view.n,
+                       **self.dataset.skipped_counts(f.skipped),
+                       world_size=distributed.world(), config=config.to_dict(), profile=self.profile.as_dict(),
+                       templates=self.templates,
+                       images_per_s=round(view.n / f.seconds, 1) if f.seconds else None)
 
-    def _transductive(self, frozen: Features, classifier: torch.Tensor, metrics: dict) -> Predictions:
-        """Label propagation alone on the frozen features (the ZLaP-style training-free peer)."""
-        config = self.config
-        lp = label_propagation(frozen.features, classifier, k=config.k, alpha=config.alpha,
-                               cut_dim=config.projection_rank(len(classifier)), project=config.project,
-                               knn=config.knn, knn_backend=config.knn_backend, image_edges=config.image_edges,
-                               device=self.model.device)
-        predictions = self._predictions(frozen, scores_to_probabilities(lp.scores))
-        metrics["final"] = predictions.metrics()
-        metrics["propagation"] = {"k": lp.k, "knn_recall": lp.knn_recall, "timings": lp.timings}
-        return predictions
+    def _transduce(self, view: FrozenView, result: ReclipResult) -> None:
+        """A training-free mode: the stage's transducer on the frozen features."""
+        transducer = self.stages.transducer
+        classifier = view.first_template_classifier if transducer.first_template else view.classifier
+        transduction = transducer(view.features.features, classifier)
+        result.predictions = view.predictions(transduction.probs)
+        result.final_metrics = result.predictions.metrics()
+        result.transduction = (transducer.name, transduction.info)
 
-    def _transclip(self, frozen: Features, classifier: torch.Tensor, metrics: dict) -> Predictions:
-        """The published TransCLIP on the frozen features (training-free peer); like the authors' code,
-        its zero-shot probabilities come from the first template's classifier."""
-        with torch.inference_mode():
-            first = ensemble_classifiers(self.model, self.dataset.classnames, self.templates)[1].float().cpu()
-        result = transclip(frozen.features, classifier=first, knn=self.config.knn, device=self.model.device)
-        predictions = self._predictions(frozen, result.probs.float())
-        metrics["final"] = predictions.metrics()
-        metrics["transclip"] = {"k": result.k, "timings": result.timings}
-        return predictions
+    def _self_train(self, view: FrozenView, out: Path | None, resume: bool, result: ReclipResult) -> None:
+        """The self-training loop, then (reclip mode) the safeguard."""
+        if self.config.mode == "reclip":  # the safeguard's judge, which every epoch also records
+            result.posterior = frozen_posterior(self.stages.judge, view.features.features, view.classifier)
+        state, f_v = self._train(view, out, resume, result.posterior)
+        logits_t, logits_v = head_logits(view.features.features, f_v, state.heads.t_classifier,
+                                         state.heads.v_classifier)
+        combined = combine(logits_t, logits_v, self.config.mode)
+        result.logits.update(t=logits_t, v=logits_v, combined=combined)
+        result.predictions = view.predictions(combined.softmax(dim=-1))
+        result.final_metrics = result.predictions.metrics()
+        if result.final_metrics:
+            result.final_metrics.update({k: v for k, v in branch_accuracies(
+                view.features.features, f_v, state.heads, view.features.labels, combined).items() if k != "top1"})
+        result.adapter = self._adapter(state.heads)
+        result.history = state.history
+        frozen_pass = 0.0 if view.features.from_cache else 1.0
+        result.passes = Passes(state.passes_forward + frozen_pass, state.passes_backward)
+        if self.config.mode == "reclip":
+            agreement = head_agreement(view.features.features, f_v, state.heads.t_classifier, state.heads.v_classifier)
+            decision = judge_run(combined, agreement, result.posterior, result.zero_shot.pred,
+                                 self.config.stage_settings("safeguard"))
+            self._apply(decision, view, result)
 
-    def _self_train(self, frozen: Features, classifier: torch.Tensor, zero_shot: Predictions, out: Path | None,
-                    resume: bool, metrics: dict) -> tuple[Predictions, Adapter, list[dict]]:
+    def _train(self, view: FrozenView, out: Path | None, resume: bool,
+               posterior: torch.Tensor | None) -> tuple[RunState, torch.Tensor]:
+        """Run (or resume) the loop with a checkpoint and the callbacks after each epoch (each
+        recording the estimated gain under ``posterior`` when given); returns the final state
+        and V's final N x D features."""
         model, config, dataset = self.model, self.config, self.dataset
         identity = {"model": model.spec, "pretrained": model.pretrained, "weights": weights_fingerprint(model),
-                    "dataset": dataset.fingerprint(), "n": len(frozen.indices), "classnames": dataset.classnames,
+                    "dataset": dataset.fingerprint(), "n": view.n, "classnames": dataset.classnames,
                     "templates": self.templates, "config": config.to_dict()}
         resumed = load_checkpoint(out, model, identity) if resume else None
         state, optimizer_state = resumed if resumed is not None else (None, None)
-        epochs = config.num_epochs(len(frozen.indices))
+        epochs = config.num_epochs(view.n)
         for callback in self.callbacks:
-            callback.on_fit_start({"n": len(frozen.indices), "epochs": epochs, "resumed": resume,
+            callback.on_fit_start({"n": view.n, "epochs": epochs, "resumed": resume,
                                    "resumed_epoch": state.epoch if state is not None else 0})
 
         def on_epoch_end(state: RunState, optimizers: dict) -> None:
@@ -241,48 +228,34 @@ class _Run:
             for callback in self.callbacks:
                 callback.on_epoch_end(state.history[-1], epochs)
 
-        # the safeguard's judge: label propagation on the frozen model, which training cannot bend
-        posterior = (frozen_posterior(config, frozen.features, classifier, model.device)
-                     if config.mode == "reclip" else None)
-        state, f_v, logits = adapt(model, dataset, frozen, self.templates, config, state,
-                                   on_epoch_end=on_epoch_end, optimizer_state=optimizer_state, posterior=posterior)
-        heads = state.heads
-        adapted = self._predictions(frozen, logits.softmax(dim=-1))
-        final = adapted.metrics()
-        if final:
-            final.update({k: v for k, v in branch_accuracies(frozen.features, f_v, heads, frozen.labels,
-                                                             logits).items() if k != "top1"})
-        meta = adapter_meta(model, dataset.classnames, self.templates, config.mode, config.to_dict())
-        adapter = Adapter(
-            image_norms=snapshot(model.named_image_norm_parameters()) if config.trains_v else {},
-            text_norms=snapshot(model.named_text_norm_parameters()) if config.trains_t else {},
-            v_classifier=heads.v_classifier, t_classifier=heads.t_classifier, extra_state=model.extra_state(),
-            meta=meta)
-        predictions = adapted
-        if config.mode == "reclip":
-            agreement = head_agreement(frozen.features, f_v, heads.t_classifier, heads.v_classifier)
-            gain = estimated_gain(posterior, logits.argmax(dim=-1), zero_shot.pred)
-            target = posterior.max(dim=-1).values.mean().item() if config.calibrate else None
-            decision = decide(logits, agreement, config.safeguard, gain, config.safeguard_gain, target)
-            metrics["safeguard"] = decision.as_dict()
-            meta["safeguard"] = decision.as_dict()
-            if decision.kept == "zero-shot":
-                warnings.warn(f"safeguard: {decision.reason}", SafeguardWarning, stacklevel=4)
-                metrics["final_adapted"] = final
-                final = zero_shot.metrics()
-                predictions = zero_shot
-                # the zero-shot classifier as both heads and no trained norm: predict gives zero-shot
-                adapter = Adapter(image_norms={}, text_norms={}, v_classifier=classifier.clone(),
-                                  t_classifier=classifier, extra_state=model.extra_state(), meta=meta)
-            else:
-                meta["temperature"] = decision.temperature
-                predictions = self._predictions(frozen, (logits / decision.temperature).softmax(dim=-1))
-                final.update({k: v for k, v in predictions.metrics().items() if k == "ece"})
-        frozen_pass = 0.0 if frozen.from_cache else 1.0
-        metrics.update({"epochs": state.history, "final": final,
-                        "passes": {"image_forward": state.passes_forward + frozen_pass,
-                                   "image_backward": state.passes_backward}})
-        return predictions, adapter, state.history
+        state, f_v, _ = adapt(model, dataset, view.features, self.templates, config, state, on_epoch_end=on_epoch_end,
+                              optimizer_state=optimizer_state, posterior=posterior, propagate=self.stages.pseudo_labels)
+        return state, f_v
+
+    def _adapter(self, heads: Heads) -> Adapter:
+        model, config = self.model, self.config
+        meta = adapter_meta(model, self.dataset.classnames, self.templates, config.mode, config.to_dict())
+        return Adapter(image_norms=snapshot(model.named_image_norm_parameters()) if config.trains_v else {},
+                       text_norms=snapshot(model.named_text_norm_parameters()) if config.trains_t else {},
+                       v_classifier=heads.v_classifier, t_classifier=heads.t_classifier,
+                       extra_state=model.extra_state(), meta=meta)
+
+    def _apply(self, decision: Decision, view: FrozenView, result: ReclipResult) -> None:
+        """Keep what the safeguard chose: the calibrated adapted predictions, or zero-shot (and an
+        adapter whose two heads are the zero-shot classifier, so predict gives zero-shot)."""
+        result.safeguard = decision
+        adapter = result.adapter
+        adapter.meta["safeguard"] = decision.as_dict()
+        if decision.kept == "zero-shot":
+            warnings.warn(f"safeguard: {decision.reason}", SafeguardWarning, stacklevel=5)
+            result.final_adapted, result.final_metrics = result.final_metrics, result.zero_shot_metrics
+            result.predictions = result.zero_shot
+            result.adapter = Adapter(image_norms={}, text_norms={}, v_classifier=view.classifier.clone(),
+                                     t_classifier=view.classifier, extra_state=adapter.extra_state, meta=adapter.meta)
+        else:
+            adapter.meta["temperature"] = decision.temperature
+            result.predictions = view.predictions((result.logits["combined"] / decision.temperature).softmax(dim=-1))
+            result.final_metrics.update({k: v for k, v in result.predictions.metrics().items() if k == "ece"})
 
 
 def _peak_memory_mb(device: torch.device) -> float:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .transduce.base import Transducer
+
 TEMPERATURE_RANGE = (1e-2, 1e3)
 
 
@@ -85,6 +87,12 @@ class Decision:
                 "confidence_target": self.confidence_target, "reason": self.reason}
 
 
+def keeps_adapted(agreement: float, threshold: float, gain: float, min_gain: float) -> bool:
+    """The safeguard's rule: keep the adapted predictions when the heads agree on at least
+    ``threshold`` of the images and the estimated ``gain`` is above ``min_gain`` (-1: that check off)."""
+    return agreement >= threshold and (min_gain <= -1 or gain > min_gain)
+
+
 def decide(logits: torch.Tensor, agreement: float, threshold: float, gain: float, min_gain: float,
            confidence_target: float | None) -> Decision:
     """Keep the adapted N x C ``logits`` unless the heads' final ``agreement`` is below
@@ -93,9 +101,38 @@ def decide(logits: torch.Tensor, agreement: float, threshold: float, gain: float
     temperature = fit_temperature(logits, confidence_target) if confidence_target is not None else 1.0
     signals = (f"T and V agree on {100 * agreement:.1f}% of the images (safeguard {100 * threshold:.0f}%), "
                f"estimated top-1 gain over zero-shot {100 * gain:+.2f} points (safeguard above {100 * min_gain:+.2f})")
-    if agreement < threshold or (min_gain > -1 and gain <= min_gain):
+    if not keeps_adapted(agreement, threshold, gain, min_gain):
         why = ("their pseudo labels were too poor to trust" if agreement < threshold
                else "label propagation rates the zero-shot predictions at least as likely right")
         return Decision("zero-shot", agreement, threshold, gain, min_gain, temperature, confidence_target,
                         f"{signals}: {why}, so the zero-shot predictions are kept")
     return Decision("adapted", agreement, threshold, gain, min_gain, temperature, confidence_target, signals)
+
+
+class SafeguardWarning(UserWarning):
+    """The safeguard kept the zero-shot predictions of a ReCLIP run."""
+
+
+def frozen_posterior(judge: Transducer, f_frozen: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    """N x C probabilities of the safeguard's ``judge`` (label propagation with the run's
+    settings) on the frozen model: the frozen N x D features with its C x D zero-shot
+    ``classifier`` (full-template text embeddings) as class nodes; they are the transductive
+    mode's predictions. Training cannot bend them, so the estimated gain and the
+    calibration's target read them."""
+    return judge(f_frozen, classifier).probs
+
+
+def judge_run(logits: torch.Tensor, agreement: float, posterior: torch.Tensor, zero_shot: torch.Tensor,
+              settings: dict) -> Decision:
+    """The safeguard's ``Decision`` on a finished ReCLIP run: its N x C prediction ``logits``, the
+    heads' final ``agreement``, the judge's N x C ``posterior`` and the (N,) ``zero_shot``
+    classes, under ``settings`` (``safeguard``, ``safeguard_gain``, ``calibrate``: the
+    config's safeguard stage)."""
+    gain = estimated_gain(posterior, logits.argmax(dim=-1), zero_shot)
+    target = confidence_target(posterior) if settings["calibrate"] else None
+    return decide(logits, agreement, settings["safeguard"], gain, settings["safeguard_gain"], target)
+
+
+def confidence_target(posterior: torch.Tensor) -> float:
+    """The calibration's target: the mean largest probability of the N x C ``posterior``."""
+    return posterior.max(dim=-1).values.mean().item()

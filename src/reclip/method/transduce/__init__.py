@@ -1,0 +1,1 @@
+"""Training-free transduction: features and a classifier in, class probabilities out."""
