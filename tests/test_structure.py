@@ -21,7 +21,8 @@ def module_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.ImportFrom):
                 base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
                 module = ".".join(base + ([node.module] if node.module else []))
-                deps |= {m for m in [module] + [f"{module}.{a.name}" for a in node.names] if m in files}
+                submodules = {f"{module}.{a.name}" for a in node.names} & set(files)
+                deps |= submodules or ({module} & set(files))  # `from pkg import sub` needs sub, not pkg's __init__
             elif isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names if a.name in files}
         graph[name] = deps - {name, "reclip"}

@@ -18,7 +18,6 @@ from .data.prompts import PLACEHOLDER
 from .errors import ArgumentError, ReclipError
 
 if TYPE_CHECKING:
-    from .callbacks import Callback
     from .data.datasets import ImageDataset
     from .models.base import DualEncoder
 
@@ -117,44 +116,11 @@ def templates_argument(templates: Any, name: str = "templates") -> list[str] | N
     return chosen
 
 
-def callbacks_argument(callbacks: Any, name: str = "callbacks") -> list["Callback"]:
-    """A list of ``reclip.Callback`` instances."""
-    from .callbacks import Callback
-
-    if isinstance(callbacks, Callback):
-        callbacks = [callbacks]
-    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Sequence):
-        raise ArgumentError(name, f"must be a list of reclip.Callback objects; got {shown(callbacks)}")
-    for i, callback in enumerate(callbacks):
-        if not isinstance(callback, Callback):
-            raise ArgumentError(name, f"entry {i} must be a reclip.Callback (subclass it); got {shown(callback)}")
-    return list(callbacks)
-
-
 def instance_argument(value: Any, kind: type, name: str, hint: str) -> Any:
     """``value`` when it is a ``kind``; else one line naming ``name`` and ``hint``."""
     if not isinstance(value, kind):
         raise ArgumentError(name, f"must be a {kind.__name__}; got {shown(value)}; {hint}")
     return value
-
-
-def fit_arguments(model: Any, dataset: Any, templates: Any, out: Any, resume: Any,
-                  callbacks: Any) -> tuple[list[str] | None, Path | None, list["Callback"]]:
-    """The checks at the entry of ``ReCLIP.fit``: returns (templates, out, callbacks), checked."""
-    from .method.checkpoint import CHECKPOINT
-
-    model_argument(model)
-    dataset_argument(dataset)
-    templates = templates_argument(templates)
-    folder = None if out is None else path_argument(out, "out")
-    if not isinstance(resume, bool):
-        raise ArgumentError("resume", f"must be True or False; got {shown(resume)}")
-    if resume and folder is None:
-        raise ReclipError("resume=True needs out, the folder holding the checkpoint")
-    if resume and not (folder / CHECKPOINT).is_file():
-        raise ArgumentError("resume", f"finds no checkpoint in {folder} ({folder / CHECKPOINT} does not exist); "
-                                      "check the folder, or start afresh without resume")
-    return templates, folder, callbacks_argument(callbacks)
 
 
 def dataset_inputs(dataset: "ImageDataset", names: Sequence[str]) -> list[Path]:

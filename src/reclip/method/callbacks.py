@@ -4,7 +4,11 @@ Callbacks run on the main process only (rank 0 under torchrun).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from ..checks import shown
+from ..errors import ArgumentError
 
 if TYPE_CHECKING:
     from .result import ReclipResult
@@ -45,3 +49,16 @@ def epoch_summary(stats: dict, epochs: int) -> str:
             parts.append(f"{key} {stats[key]:.4f}")
     parts.append(f"{stats['seconds']:.1f} s")
     return "  ".join(parts)
+
+
+def check_callbacks(callbacks: Any, name: str = "callbacks") -> list[Callback]:
+    """``callbacks`` as a list of ``Callback`` instances (one is taken as a list of one); else one
+    line naming ``name``."""
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Sequence):
+        raise ArgumentError(name, f"must be a list of reclip.Callback objects; got {shown(callbacks)}")
+    for i, callback in enumerate(callbacks):
+        if not isinstance(callback, Callback):
+            raise ArgumentError(name, f"entry {i} must be a reclip.Callback (subclass it); got {shown(callback)}")
+    return list(callbacks)

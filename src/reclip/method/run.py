@@ -32,13 +32,13 @@ import torch
 from .. import checks, distributed
 from ..data.datasets import ImageDataset
 from ..data.prompts import get_templates
-from ..errors import ReclipError
+from ..errors import ArgumentError, ReclipError
 from ..fingerprint import weights_fingerprint
 from ..io import output_folder
 from ..models.base import DualEncoder
 from .adapter import Adapter, adapter_meta
-from .callbacks import Callback
-from .checkpoint import load_checkpoint, save_checkpoint
+from .callbacks import Callback, check_callbacks
+from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import ReclipConfig, profile_for
 from .frozen import FrozenView, frozen_view
 from .heads import Heads, combine, head_logits
@@ -101,7 +101,7 @@ class ReCLIP:
         checkpoint in ``out`` (made with the same model, data, class names, templates and
         config; anything else is refused). Raises ``ReclipError`` for anything the user can fix.
         """
-        templates, out, callbacks = checks.fit_arguments(self.model, dataset, templates, out, resume, callbacks)
+        templates, out, callbacks = _fit_arguments(self.model, dataset, templates, out, resume, callbacks)
         templates = resolve_templates(dataset, templates, self.config.t_template)
         callbacks = list(callbacks) if distributed.is_main() else []
         folder = (output_folder(out, OUTPUT_FILES, checks.dataset_inputs(dataset, OUTPUT_FILES))
@@ -119,6 +119,24 @@ class ReCLIP:
         for callback in callbacks:
             callback.on_fit_end(result)
         return result
+
+
+def _fit_arguments(model: Any, dataset: Any, templates: Any, out: Any, resume: Any,
+                   callbacks: Any) -> tuple[list[str] | None, Path | None, list[Callback]]:
+    """The checks at the entry of ``ReCLIP.fit``: (templates, out, callbacks), checked; one line
+    naming the argument otherwise."""
+    checks.model_argument(model)
+    checks.dataset_argument(dataset)
+    templates = checks.templates_argument(templates)
+    folder = None if out is None else checks.path_argument(out, "out")
+    if not isinstance(resume, bool):
+        raise ArgumentError("resume", f"must be True or False; got {checks.shown(resume)}")
+    if resume and folder is None:
+        raise ReclipError("resume=True needs out, the folder holding the checkpoint")
+    if resume and not (folder / CHECKPOINT).is_file():
+        raise ArgumentError("resume", f"finds no checkpoint in {folder} ({folder / CHECKPOINT} does not exist); "
+                                      "check the folder, or start afresh without resume")
+    return templates, folder, check_callbacks(callbacks)
 
 
 def resolve_templates(dataset: ImageDataset, templates: Sequence[str] | None, t_template: str | None) -> list[str]:
