@@ -24,7 +24,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from . import __version__, distributed
 from .data.datasets import ImageDataset, collate
@@ -32,6 +31,7 @@ from .fingerprint import image_state_fingerprint, tensors_fingerprint, weights_f
 from .io import atomic_path
 from .models.base import DualEncoder
 from .paths import feature_cache_dir
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]  # B x C x H x W images (on dev
 def encode_loader(encode: Encoder, device: torch.device, loader: DataLoader, desc: str = "features") -> Features:
     """Run ``encode`` over every batch; unreadable images are skipped (and listed)."""
     feats, idx, labels, skipped = [], [], [], []
-    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=None if distributed.is_main() else True)
-    for images, indices, labs, skip in bar:
+    for images, indices, labs, skip in progress(loader, desc):
         skipped += skip
         if len(indices):
             feats.append(encode(images.to(device, non_blocking=True)).float().cpu())

@@ -15,7 +15,7 @@ from ..models.base import DualEncoder
 from ..models.factory import load_model
 
 # library parameters whose flag is not simply --<name with dashes>
-FLAGS = {"cache": "--no-cache", "project": "--no-project", "agreement_filter": "--no-agreement-filter",
+FLAGS = {"spec": "--model", "root": "--data-root", "cache": "--no-cache", "project": "--no-project", "agreement_filter": "--no-agreement-filter",
          "calibrate": "--no-calibrate"}
 
 
@@ -121,11 +121,13 @@ def load_inputs(args: argparse.Namespace, model: DualEncoder | None = None,
     """The model (unless given), the dataset (``--max-images`` applied) and ``--templates``."""
     if args.max_images is not None and args.max_images < 1:  # before the model is loaded
         raise ReclipError(f"--max-images must be positive; got {args.max_images}")
-    if model is None:
-        model = load_model(args.model, args.pretrained, args.device)
-    dataset = load_dataset(args.dataset, root=args.data_root, split=args.split, transform=model.preprocess,
+    # the data first: a missing dataset fails in seconds, before a model is loaded
+    dataset = load_dataset(args.dataset, root=args.data_root, split=args.split,
                            classnames=args.classnames if args.classnames is not None else classnames,
                            strict=args.strict)
+    if model is None:
+        model = load_model(args.model, args.pretrained, args.device)
+    dataset.transform = model.preprocess
     if args.max_images is not None:
         dataset = random_subset(dataset, args.max_images)
     templates_file = getattr(args, "templates", None)

@@ -1,4 +1,4 @@
-"""The ``reclip`` command line: ``reclip {zeroshot,adapt,predict,demo,bench} ...``."""
+"""The ``reclip`` command line: ``reclip {zeroshot,adapt,predict,report,demo,bench} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +6,8 @@ import logging
 import sys
 import warnings
 
-from .. import __version__, distributed
-from ..errors import ReclipError
+from .. import __version__, distributed, progress
+from ..errors import ArgumentError, ReclipError
 from ..method.config import ConfigError
 from .common import flag
 
@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="reclip", description="Adapt CLIP-style models to unlabelled target images (ReCLIP).")
     parser.add_argument("--version", action="version", version=f"reclip {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars or lines and no per-epoch lines; only results and errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in (zeroshot, adapt, predict, demo, bench):
         module.add_parser(sub)
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    progress.set_quiet(args.quiet)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
         # under torchrun: join the process group (NCCL on CUDA, gloo on CPU) and pick this rank's GPU
@@ -37,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except ConfigError as exc:
         print(f"reclip: error: {flag(exc.param)} {exc.problem}", file=sys.stderr)
+        return 2
+    except ArgumentError as exc:
+        print(f"reclip: error: {exc.render(f'{flag(exc.param)} {exc.example}')}", file=sys.stderr)
         return 2
     except ReclipError as exc:
         print(f"reclip: error: {exc}", file=sys.stderr)

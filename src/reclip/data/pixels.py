@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
-from tqdm.auto import tqdm
 
 from ..paths import pixel_cache_dir
+from ..progress import progress
 from .datasets import ImageDataset, collate
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class DecodedImages(Dataset):
         loader = DataLoader(Subset(decoding, indices), batch_size=batch_size, num_workers=workers,
                             collate_fn=collate)
         self._file = tempfile.NamedTemporaryFile(prefix="reclip-pixels-", suffix=".u8", dir=pixel_cache_dir())
-        for images, idx, _, skipped in tqdm(loader, desc="decode once", unit="batch", leave=False, disable=None):
+        for images, idx, _, skipped in progress(loader, "decode images once"):
             self.skipped.update(skipped)
             if len(idx) == 0:
                 continue

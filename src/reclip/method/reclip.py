@@ -29,7 +29,6 @@ import torch
 from torch import nn
 from torch.nn.functional import cross_entropy
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..data.datasets import ImageDataset, collate
 from ..data.pixels import DecodedImages, split_transform
@@ -39,6 +38,7 @@ from ..models.base import DualEncoder
 from ..errors import ReclipError
 from ..metrics import scores_to_probabilities
 from ..precision import autocast, full_precision
+from ..progress import progress
 from .config import ReclipConfig
 from .propagation import label_propagation
 from .safeguard import estimated_gain, head_agreement
@@ -299,9 +299,7 @@ def train_pass(model: DualEncoder, images: Dataset, classnames: list[list[str]],
     params_v = [p for group in opt_v.param_groups for p in group["params"]] if opt_v is not None else []
     # cross-entropy sums and agreed counts; V's are this rank's share until summed at the end
     sums = {"ce_t": 0.0, "agreed": 0, "seen": 0, "ce_v": torch.zeros(2, dtype=torch.float64)}
-    bar = tqdm(batches, desc=f"train epoch {epoch}", unit="batch", leave=False,
-               disable=None if distributed.is_main() else True)
-    for rows in bar:
+    for rows in progress(batches, f"train epoch {epoch + 1}"):
         batch = next(images_of) if opt_v is not None else None  # every rank advances in lockstep
         count = int(agree[rows].sum())
         sums["seen"] += len(rows)
@@ -367,14 +365,3 @@ def _check_finite(stats: dict, params: list[nn.Parameter], epoch: int, config: R
     raise ReclipError(f"training diverged in epoch {epoch + 1} (non-finite loss or weights; lr_v={config.lr_v:g}, "
                       f"lr_t={config.lr_t:g}, weight_decay={config.weight_decay:g}): lower the learning rates; "
                       "the last good checkpoint is kept")
-
-
-def epoch_summary(stats: dict, epochs: int) -> str:
-    """One line of an epoch record: its accuracies (when labels exist), agreement, losses, time."""
-    parts = [f"epoch {stats['epoch'] + 1}/{epochs}"]
-    for key in ("top1", "top1_t", "top1_v", "pseudo_label_acc_t", "pseudo_label_acc_v", "agreement", "head_agreement",
-                "loss_t", "loss_v"):
-        if key in stats:
-            parts.append(f"{key} {stats[key]:.4f}")
-    parts.append(f"{stats['seconds']:.1f} s")
-    return "  ".join(parts)

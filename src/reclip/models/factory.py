@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ReclipError
+from ..errors import ArgumentError, ReclipError
 from .base import DualEncoder
 
 
@@ -47,7 +47,8 @@ def load_model(spec: str, pretrained: str | None = None,
     elif spec.startswith("hf:"):
         from .hf_backend import build_hf
         if pretrained:
-            raise ReclipError("--pretrained is not used with hf: models; the weights come from the hub id or folder")
+            raise ArgumentError("{arg}: not used with hf: models, whose weights come from the hub id or folder; "
+                                "leave it out", "pretrained", pretrained)
         model = build_hf(spec[3:], device)
     else:
         from .open_clip_backend import build_open_clip
