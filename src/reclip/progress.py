@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from tqdm import tqdm
 from tqdm.auto import tqdm as auto_tqdm
@@ -43,48 +43,63 @@ def _interactive() -> bool:
     return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
-def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "batches") -> Iterator[T]:
+class progress(Generic[T]):  # noqa: N801 - used like a function, as tqdm is
     """Iterate ``iterable`` while reporting how far it got (see the module docstring);
-    ``unit`` names what it yields, in the plural."""
-    if _quiet or not distributed.is_main():
-        return iter(iterable)
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)  # type: ignore[arg-type]
-    if _interactive():
-        bar_class = auto_tqdm if "ipykernel" in sys.modules else tqdm
-        return iter(bar_class(iterable, desc=desc, total=total, unit=unit, leave=False))
-    return _lines(iterable, desc, total, unit)
+    ``unit`` names what it yields, in the plural. ``set_postfix(name=value, ...)`` adds
+    running values to the bar or the next line."""
+
+    def __init__(self, iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "batches") -> None:
+        self.iterable, self.desc, self.unit = iterable, desc, unit
+        self.total = total if total is not None or not hasattr(iterable, "__len__") else len(iterable)  # type: ignore[arg-type]
+        self.postfix: dict[str, Any] = {}
+        self.bar: tqdm | None = None
+        self.silent = _quiet or not distributed.is_main()
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = values
+        if self.bar is not None:
+            self.bar.set_postfix(values)
+
+    def __iter__(self) -> Iterator[T]:
+        if self.silent:
+            return iter(self.iterable)
+        if _interactive():
+            bar_class = auto_tqdm if "ipykernel" in sys.modules else tqdm
+            self.bar = bar_class(self.iterable, desc=self.desc, total=self.total, unit=self.unit, leave=False)
+            return iter(self.bar)
+        return self._lines()
+
+    def _lines(self) -> Iterator[T]:
+        start = last = time.monotonic()
+        last_fraction, done, printed = 0.0, 0, False
+        for item in self.iterable:
+            yield item
+            done += 1
+            now = time.monotonic()
+            fraction = done / self.total if self.total else 0.0
+            if now - last >= LINE_EVERY_S or (now - last >= MIN_GAP_S
+                                              and fraction - last_fraction >= LINE_EVERY_FRACTION):
+                _say(line(self.desc, done, self.total, self.unit, now - start, self.postfix))
+                last, last_fraction, printed = now, fraction, True
+        elapsed = time.monotonic() - start
+        if printed or elapsed >= MIN_GAP_S:
+            _say(line(self.desc, done, self.total, self.unit, elapsed, self.postfix, finished=True))
 
 
-def _lines(iterable: Iterable[T], desc: str, total: int | None, unit: str) -> Iterator[T]:
-    start = last = time.monotonic()
-    last_fraction, done, printed = 0.0, 0, False
-    for item in iterable:
-        yield item
-        done += 1
-        now = time.monotonic()
-        fraction = done / total if total else 0.0
-        if now - last >= LINE_EVERY_S or (now - last >= MIN_GAP_S and fraction - last_fraction >= LINE_EVERY_FRACTION):
-            _say(line(desc, done, total, unit, now - start))
-            last, last_fraction, printed = now, fraction, True
-    elapsed = time.monotonic() - start
-    if printed or elapsed >= MIN_GAP_S:
-        _say(line(desc, done, total, unit, elapsed, finished=True))
-
-
-def line(desc: str, done: int, total: int | None, unit: str, elapsed: float, finished: bool = False) -> str:
-    """``features cifar10: 120/313 batches (38%), 41 s, about 66 s left`` (``... done in 107 s`` at the end)."""
+def line(desc: str, done: int, total: int | None, unit: str, elapsed: float, postfix: dict[str, Any] | None = None,
+         finished: bool = False) -> str:
+    """``features cifar10: 120/313 batches (38%), 41 s, about 66 s left`` (``... done in 107 s``
+    at the end), then the postfix values (``, loss 0.41``)."""
     count = f"{done}/{total} {unit}" if total else f"{done} {unit}"
     if finished:
-        return f"{desc}: {count} done in {elapsed:.0f} s"
-    text = f"{desc}: {count}"
-    if total:
-        text += f" ({100 * done / total:.0f}%), {elapsed:.0f} s"
+        text = f"{desc}: {count} done in {elapsed:.0f} s"
+    elif total:
+        text = f"{desc}: {count} ({100 * done / total:.0f}%), {elapsed:.0f} s"
         if done:
             text += f", about {elapsed * (total - done) / done:.0f} s left"
     else:
-        text += f", {elapsed:.0f} s"
-    return text
+        text = f"{desc}: {count}, {elapsed:.0f} s"
+    return text + "".join(f", {k} {v}" for k, v in (postfix or {}).items())
 
 
 def _say(text: str) -> None:

@@ -299,7 +299,8 @@ def train_pass(model: DualEncoder, images: Dataset, classnames: list[list[str]],
     params_v = [p for group in opt_v.param_groups for p in group["params"]] if opt_v is not None else []
     # cross-entropy sums and agreed counts; V's are this rank's share until summed at the end
     sums = {"ce_t": 0.0, "agreed": 0, "seen": 0, "ce_v": torch.zeros(2, dtype=torch.float64)}
-    for rows in progress(batches, f"train epoch {epoch + 1}"):
+    bar = progress(batches, f"train epoch {epoch + 1}")
+    for rows in bar:
         batch = next(images_of) if opt_v is not None else None  # every rank advances in lockstep
         count = int(agree[rows].sum())
         sums["seen"] += len(rows)

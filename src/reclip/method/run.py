@@ -33,7 +33,7 @@ from ..io import output_folder, write_json
 from ..metrics import scores_to_probabilities
 from ..models.base import DualEncoder
 from ..predictions import Predictions
-from ..report import plot_report
+from ..report import ReportFiles, write_report, write_report_inputs
 from .adapter import ADAPTER_FILE, Adapter, adapter_meta, load_into, snapshot
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ReclipConfig
@@ -51,7 +51,6 @@ class SafeguardWarning(UserWarning):
 
 
 PREDICTIONS_FILE = "predictions.csv"
-REPORT_FILE = "report.png"
 
 
 @dataclass
@@ -72,9 +71,11 @@ class ReclipResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     title: str = ""
 
-    def save(self, out: str | Path) -> list[Path]:
-        """Write metrics.json, predictions.csv, and for training modes adapter.safetensors and
-        report.png into ``out``, each atomically; returns the paths written (none off rank 0)."""
+    def save(self, out: str | Path, dataset: ImageDataset | None = None) -> list[Path]:
+        """Write metrics.json, predictions.csv, report_inputs.json (thumbnails of ``dataset``'s
+        images, else of the predictions' files), for training modes adapter.safetensors, then
+        report.png (training modes) and report.html into ``out``, each atomically; returns the
+        paths written (none off rank 0)."""
         if not distributed.is_main():
             return []
         out = Path(out)
@@ -83,12 +84,10 @@ class ReclipResult:
         if self.adapter is not None:
             written.append(out / ADAPTER_FILE)
             self.adapter.save(written[-1])
-        if self.history:
-            written.append(out / REPORT_FILE)
-            plot_report(written[-1], self.history, self.metrics["zero_shot"], self.metrics["final"], self.title,
-                        self.metrics.get("safeguard"))
-        write_json(written[1], self.metrics)  # last: its presence means the run finished
-        return written
+        files = ReportFiles.of_run(out)
+        written.append(write_report_inputs(files.inputs, self.predictions, self.zero_shot, dataset))
+        write_json(written[1], self.metrics)  # its presence means the run finished
+        return written + write_report(files)  # built from the files above, as `reclip report` does
 
 
 class ReCLIP:
@@ -129,7 +128,7 @@ class ReCLIP:
             finally:
                 load_into(norms, pristine, "model")
             if out is not None:
-                result.save(out)
+                result.save(out, dataset)
         for callback in callbacks:
             callback.on_fit_end(result)
         return result
