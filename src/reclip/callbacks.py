@@ -26,19 +26,21 @@ class Callback:
         """After the final evaluation (and after the outputs were written, when ``out`` was given)."""
 
 
-EPOCH_KEYS = ("top1", "top1_t", "top1_v", "pseudo_label_acc_t", "pseudo_label_acc_v", "agreement", "head_agreement",
-              "loss_t", "loss_v")
+EPOCH_KEYS = ("top1", "top1_t", "top1_v", "pseudo_label_acc_t", "pseudo_label_acc_v", "agreement", "head_agreement")
+LOSS_KEYS = ("loss_t", "loss_v")
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
     """One line of an epoch record of ``metrics["epochs"]``. Record k was evaluated after k
-    epochs of training (its ``seconds`` are those of the pass that followed), so it reads
-    ``after 0/2 epochs: top1 ...`` like the x axis of report.png and the ``epoch`` key."""
-    parts = [f"after {record['epoch']}/{epochs} epochs:"]
-    parts += [f"{key} {record[key]:.4f}" for key in EPOCH_KEYS if key in record]
+    epochs of training and holds the losses and time of the pass that followed, so it reads
+    ``after 0/2 epochs: top1 ...; epoch 1: loss_t ..., 1.3 s``, as report.png's x axis and
+    the record's ``epoch`` key count."""
+    line = "  ".join([f"after {record['epoch']}/{epochs} epochs:"]
+                     + [f"{key} {record[key]:.4f}" for key in EPOCH_KEYS if key in record])
+    trained = [f"{key} {record[key]:.4f}" for key in LOSS_KEYS if key in record]
     if "seconds" in record:
-        parts.append(f"(epoch {record['epoch'] + 1} took {record['seconds']:.1f} s)")
-    return "  ".join(parts)
+        trained.append(f"{record['seconds']:.1f} s")
+    return line + (f";  epoch {record['epoch'] + 1}: " + "  ".join(trained) if trained else "")
 
 
 def final_line(metrics: dict[str, Any]) -> str | None:

@@ -77,8 +77,9 @@ class progress(Generic[T]):  # noqa: N801 - used like a function, as tqdm is
             done += 1
             now = time.monotonic()
             fraction = done / self.total if self.total else 0.0
-            if now - last >= LINE_EVERY_S or (now - last >= MIN_GAP_S
-                                              and fraction - last_fraction >= LINE_EVERY_FRACTION):
+            due = now - last >= LINE_EVERY_S or (now - last >= MIN_GAP_S
+                                                 and fraction - last_fraction >= LINE_EVERY_FRACTION)
+            if due and done != self.total:  # the closing line reports the last item
                 _say(line(self.desc, done, self.total, self.unit, now - start, self.postfix))
                 last, last_fraction, printed = now, fraction, True
         elapsed = time.monotonic() - start

@@ -10,7 +10,7 @@ from ..data.datasets import ImageDataset, load_dataset
 from ..data.prompts import read_templates
 from ..data.sampling import random_subset
 from ..errors import ReclipError
-from ..method.config import ALPHA_APART, ALPHA_CONTRASTIVE, CHOICES, ReclipConfig
+from ..method.config import ALPHA_APART, ALPHA_CONTRASTIVE, CHOICES, ConfigError, ReclipConfig
 from ..models.base import DualEncoder
 from ..models.factory import load_model
 
@@ -113,7 +113,15 @@ def config_from_args(args: argparse.Namespace, **fixed: object) -> ReclipConfig:
     values = {name: getattr(args, name) for name in names if hasattr(args, name)}
     if hasattr(args, "no_cache"):
         values["cache"] = not args.no_cache
+    check_epochs(values.get("epochs"))
     return ReclipConfig(**{**values, **fixed})
+
+
+def check_epochs(epochs: int | None) -> None:
+    """``--epochs 0`` trains nothing, so the command line refuses it (the library accepts it)."""
+    if epochs is not None and epochs < 1:
+        raise ConfigError("epochs", f"must be at least 1; got {epochs} (for no training, use --mode zero-shot "
+                                    "or reclip zeroshot)")
 
 
 def load_inputs(args: argparse.Namespace, model: DualEncoder | None = None,

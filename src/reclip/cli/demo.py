@@ -21,7 +21,7 @@ from ..method.config import ReclipConfig
 from ..method.run import ReCLIP
 from ..models.factory import load_model
 from ..paths import system_package
-from .common import print_table, safeguard_line
+from .common import check_epochs, print_table, safeguard_line
 
 GET_DATA = (f"install it with `apt-get install {system_package('fashion_mnist')}` or pass --data-root DIR "
             "holding the Fashion-MNIST IDX files")
@@ -44,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise ReclipError(f"--n must be positive; got {args.n}")
+    check_epochs(args.epochs)
     configs = {mode: ReclipConfig(mode=mode, epochs=args.epochs, workers=args.workers)
                for mode in ("transductive", "reclip")}
     if args.data_root is not None and not Path(args.data_root).is_dir():
@@ -70,4 +71,5 @@ def run(args: argparse.Namespace) -> None:
     print_table(table)
     if (line := safeguard_line(results["reclip"].metrics)) is not None:
         print(line)
-    print(f"report: {out / 'reclip' / 'report.png'}; everything else under {out}")
+    print(f"report: {out / 'reclip' / 'report.html'} (open it in a browser; curves in report.png); "
+          f"everything else under {out}")

@@ -13,7 +13,7 @@ from .common import flag
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import adapt, bench, demo, predict, zeroshot
+    from . import adapt, bench, demo, predict, report, zeroshot
 
     parser = argparse.ArgumentParser(
         prog="reclip", description="Adapt CLIP-style models to unlabelled target images (ReCLIP).")
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bars or lines and no per-epoch lines; only results and errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (zeroshot, adapt, predict, demo, bench):
+    for module in (zeroshot, adapt, predict, report, demo, bench):
         module.add_parser(sub)
     return parser
 

@@ -10,14 +10,15 @@ from ..errors import ReclipError
 from ..io import write_json
 from ..method.adapter import Adapter
 from ..models.factory import load_model
+from ..report import ReportFiles, write_report, write_report_inputs
 from .common import add_data_options, config_from_args, load_inputs, print_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images with an adapter saved by `reclip adapt`",
                        description="Loads the base model, applies the adapter and writes predictions "
-                                   "(index,path,pred,pred_name,confidence) to --out and metrics to "
-                                   "<out without suffix>.metrics.json.")
+                                   "(index,path,pred,pred_name,confidence) to --out, metrics to "
+                                   "<out without suffix>.metrics.json and a report to <out without suffix>.report.html.")
     p.add_argument("--adapter", required=True, help="the --out folder of `reclip adapt`, or its adapter.safetensors")
     p.add_argument("--model", default=None, help="override the base model recorded in the adapter")
     p.add_argument("--pretrained", default=None, help="override the base weights recorded in the adapter")
@@ -51,5 +52,8 @@ def run(args: argparse.Namespace) -> None:
                "dataset": dataset.spec, "n": len(predictions), "skipped": len(predictions.skipped),
                **predictions.metrics(), "seconds": round(time.perf_counter() - start, 3)}
     write_json(metrics_path(out), metrics)
+    files = ReportFiles.of_predictions(out)
+    write_report_inputs(files.inputs, predictions, dataset=dataset)
+    write_report(files)
     print_table([(f"adapted ({adapter.mode})", metrics)])
-    print(f"wrote {out} and {metrics_path(out)} ({metrics['n']} images, {metrics['skipped']} skipped)")
+    print(f"wrote {out}, {metrics_path(out)} and {files.html} ({metrics['n']} images, {metrics['skipped']} skipped)")
