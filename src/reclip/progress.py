@@ -3,13 +3,14 @@
 ``progress(iterable, desc)`` wraps a loop: on a terminal (or in a notebook) it is a tqdm bar,
 as before; without one (a script's log, a batch job, ``reclip demo > log 2>&1``) it writes a
 plain line to stderr every ``LINE_EVERY_S`` seconds or every ``LINE_EVERY_FRACTION`` of the
-work, whichever comes first (but never more often than ``MIN_GAP_S``), and one when the step
-ends; ``set_quiet(True)`` (the CLI's ``--quiet``) silences both. Only the main process
+work, whichever comes first (but never more often than ``MIN_GAP_S``; a heartbeat thread
+keeps the pace while one item takes long), and one when the step ends; ``set_quiet(True)`` (the CLI's ``--quiet``) silences both. Only the main process
 reports under torchrun.
 """
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Generic, TypeVar
@@ -24,8 +25,10 @@ T = TypeVar("T")
 LINE_EVERY_S = 10.0
 LINE_EVERY_FRACTION = 0.1
 MIN_GAP_S = 2.0  # a fast step does not print ten lines
+HEARTBEAT_S: float | None = 1.0  # how often the heartbeat thread looks at the clock (None: no thread)
 
 _quiet = False
+_clock = time.monotonic  # seconds; tests replace it with a fake clock
 
 
 def set_quiet(quiet: bool = True) -> None:
@@ -70,21 +73,61 @@ class progress(Generic[T]):  # noqa: N801 - used like a function, as tqdm is
         return self._lines()
 
     def _lines(self) -> Iterator[T]:
-        start = last = time.monotonic()
-        last_fraction, done, printed = 0.0, 0, False
-        for item in self.iterable:
-            yield item
-            done += 1
-            now = time.monotonic()
-            fraction = done / self.total if self.total else 0.0
-            due = now - last >= LINE_EVERY_S or (now - last >= MIN_GAP_S
-                                                 and fraction - last_fraction >= LINE_EVERY_FRACTION)
-            if due and done != self.total:  # the closing line reports the last item
-                _say(line(self.desc, done, self.total, self.unit, now - start, self.postfix))
-                last, last_fraction, printed = now, fraction, True
-        elapsed = time.monotonic() - start
-        if printed or elapsed >= MIN_GAP_S:
-            _say(line(self.desc, done, self.total, self.unit, elapsed, self.postfix, finished=True))
+        reporter = _LineReporter(self)
+        try:
+            for item in self.iterable:
+                yield item
+                reporter.advance()
+        finally:
+            reporter.stop()
+
+
+class _LineReporter:
+    """Plain lines for one ``progress`` loop. A heartbeat thread also reports while one item
+    takes long (a slow batch on a busy machine), so lines come at a steady pace."""
+
+    def __init__(self, owner: progress) -> None:
+        self.owner = owner
+        self.start = self.last = _clock()
+        self.done, self.last_tenth, self.printed = 0, 0, False
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = None
+        if HEARTBEAT_S:
+            self.thread = threading.Thread(target=self._beat, daemon=True)
+            self.thread.start()
+
+    def _say(self, now: float, finished: bool = False) -> None:
+        o = self.owner
+        _say(line(o.desc, self.done, o.total, o.unit, now - self.start, o.postfix, finished=finished))
+        self.last, self.printed = now, True
+
+    def advance(self) -> None:
+        with self.lock:
+            self.done += 1
+            now = _clock()
+            total = self.owner.total
+            tenth = self.done * 10 // total if total else 0
+            due = now - self.last >= LINE_EVERY_S or (now - self.last >= MIN_GAP_S and tenth > self.last_tenth)
+            if due and self.done != total:  # the closing line reports the last item
+                self._say(now)
+                self.last_tenth = tenth
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_S):
+            with self.lock:
+                now = _clock()
+                if now - self.last >= LINE_EVERY_S and not self.stopped.is_set():
+                    self._say(now)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join()
+        with self.lock:
+            now = _clock()
+            if self.printed or now - self.start >= MIN_GAP_S:
+                self._say(now, finished=True)
 
 
 def line(desc: str, done: int, total: int | None, unit: str, elapsed: float, postfix: dict[str, Any] | None = None,
