@@ -113,6 +113,26 @@ def test_the_heartbeat_reports_while_one_item_takes_long(monkeypatch, capsys):
     assert "slow: 0/1 batches (0%), 25 s" in err
 
 
+def test_heartbeat_speaks_only_after_ten_silent_seconds(monkeypatch, capsys):
+    monkeypatch.setattr(progress_module, "_interactive", lambda: False)
+    monkeypatch.setattr(progress_module, "_quiet", False)
+    monkeypatch.setattr(progress_module, "HEARTBEAT_S", 0.01)
+    clock = FakeClock()
+    monkeypatch.setattr(progress_module, "_clock", clock)
+    monkeypatch.setattr(progress_module, "_last_line", float("-inf"))
+    err = ""
+    with progress_module.heartbeat("label propagation"):
+        clock.now = 9.0
+        time.sleep(0.2)
+        assert capsys.readouterr().err == ""  # not yet 10 s
+        clock.now = 12.0
+        deadline = time.monotonic() + 5
+        while "label propagation: working, 12 s" not in err and time.monotonic() < deadline:
+            time.sleep(0.01)
+            err += capsys.readouterr().err
+    assert "label propagation: working, 12 s" in err
+
+
 def test_a_terminal_gets_a_tqdm_bar(monkeypatch):
     monkeypatch.setattr(progress_module, "_interactive", lambda: True)
     monkeypatch.setattr(progress_module, "_quiet", False)

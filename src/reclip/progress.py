@@ -2,13 +2,15 @@
 
 ``progress(iterable, desc)`` wraps a loop: on a terminal (or in a notebook) it is a tqdm bar,
 as before; without one (a script's log, a batch job, ``reclip demo > log 2>&1``) it writes a
-plain line to stderr every ``LINE_EVERY_S`` seconds or every ``LINE_EVERY_FRACTION`` of the
-work, whichever comes first (but never more often than ``MIN_GAP_S``; a heartbeat thread
-keeps the pace while one item takes long), and one when the step ends; ``set_quiet(True)`` (the CLI's ``--quiet``) silences both. Only the main process
-reports under torchrun.
+plain line to stderr every ``LINE_EVERY_S`` seconds or every tenth of the work, whichever
+comes first (never more often than ``MIN_GAP_S``; a heartbeat thread keeps the pace while
+one item takes long), and one when the step ends. ``heartbeat(desc)`` covers longer stretches
+whose steps do not all report. ``set_quiet(True)`` (the CLI's ``--quiet``) silences all of
+it. Only the main process reports under torchrun.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -23,12 +25,12 @@ from . import distributed
 T = TypeVar("T")
 
 LINE_EVERY_S = 10.0
-LINE_EVERY_FRACTION = 0.1
 MIN_GAP_S = 2.0  # a fast step does not print ten lines
 HEARTBEAT_S: float | None = 1.0  # how often the heartbeat thread looks at the clock (None: no thread)
 
 _quiet = False
 _clock = time.monotonic  # seconds; tests replace it with a fake clock
+_last_line = float("-inf")  # _clock() when the last progress line was written
 
 
 def set_quiet(quiet: bool = True) -> None:
@@ -146,5 +148,34 @@ def line(desc: str, done: int, total: int | None, unit: str, elapsed: float, pos
     return text + "".join(f", {k} {v}" for k, v in (postfix or {}).items())
 
 
+@contextlib.contextmanager
+def heartbeat(desc: str) -> Iterator[None]:
+    """Around a long stretch of work whose steps do not all report (label propagation, model
+    loading): without a terminal, a ``desc: working, 25 s`` line whenever no progress line
+    was written for ``LINE_EVERY_S`` seconds. Quiet on a terminal, under ``set_quiet`` and
+    off the main process."""
+    if _quiet or not distributed.is_main() or _interactive() or not HEARTBEAT_S:
+        yield
+        return
+    start = _clock()
+    stopped = threading.Event()
+
+    def beat() -> None:
+        while not stopped.wait(HEARTBEAT_S):
+            now = _clock()
+            if now - max(_last_line, start) >= LINE_EVERY_S:
+                _say(f"{desc}: working, {now - start:.0f} s")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        thread.join()
+
+
 def _say(text: str) -> None:
+    global _last_line
     print(text, file=sys.stderr, flush=True)
+    _last_line = _clock()

@@ -21,6 +21,7 @@ from ..method.config import ReclipConfig
 from ..method.run import ReCLIP
 from ..models.factory import load_model
 from ..paths import system_package
+from ..progress import heartbeat
 from .common import check_epochs, print_table, safeguard_line
 
 GET_DATA = (f"install it with `apt-get install {system_package('fashion_mnist')}` or pass --data-root DIR "
@@ -53,7 +54,8 @@ def run(args: argparse.Namespace) -> None:
         dataset = load_dataset("fashion-mnist", root=benchmark_root("fashion_mnist", args.data_root))
     except ReclipError as exc:
         raise ReclipError(f"Fashion-MNIST is not on this machine: {GET_DATA} ({exc})") from None
-    model = load_model("bridge", device=args.device)
+    with heartbeat("loading the bridge model"):
+        model = load_model("bridge", device=args.device)
     dataset.transform = model.preprocess
     dataset = random_subset(dataset, args.n)
     print(f"reclip demo: {model.name} on {len(dataset)} Fashion-MNIST test images")

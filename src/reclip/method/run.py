@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .. import distributed
+from .. import distributed, progress
 from ..callbacks import Callback
 from ..data.datasets import ImageDataset
 from ..data.prompts import get_templates
@@ -120,7 +120,7 @@ class ReCLIP:
         folder = output_folder(out) if out is not None and distributed.is_main() else contextlib.nullcontext()
         norms = {**self.model.named_image_norm_parameters(), **self.model.named_text_norm_parameters()}
         pristine = snapshot(norms)
-        with folder:
+        with folder, progress.heartbeat(f"reclip {self.config.mode} on {dataset.name}"):
             try:
                 config = self.config.for_model(self.model.contrastive)
                 result = _Run(self.model, config, dataset, templates, callbacks).execute(
