@@ -10,8 +10,10 @@ Public API (imported lazily so ``import reclip`` stays fast):
 - ``Adapter.load(path).apply(model)`` -> ``AdaptedModel`` (``predict(dataset)`` -> ``Predictions``)
 - ``label_propagation(image_features, class_embeddings, ...)`` -> ``PropagationResult``;
   ``projection(class_embeddings, cut_dim=None)``; ``transclip(image_features, classifier=...)``
+- ``write_report(run_dir)``: rebuild report.html / report.png of a finished run
 - ``Callback`` (hooks into ``fit``), ``ReclipError`` (every error a user can fix) and its
-  subclass ``ConfigError`` (a bad setting; ``param`` names it)
+  subclasses ``ConfigError`` (a bad setting; ``param`` names it) and ``ArgumentError`` (fixed
+  by passing ``param``; its message names it as a Python argument, ``render`` as a flag)
 
 The method, step by step, is in docs/method.md.
 """
@@ -41,6 +43,8 @@ _EXPORTS = {
     "Adapter": "reclip.method.adapter",
     "AdaptedModel": "reclip.method.adapter",
     "ReclipError": "reclip.errors",
+    "ArgumentError": "reclip.errors",
+    "write_report": "reclip.report",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..report import ReportFiles, write_report
+from ..report import write_report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,5 +17,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    for path in write_report(ReportFiles.of(args.run)):
+    for path in write_report(args.run):
         print(f"wrote {path}")

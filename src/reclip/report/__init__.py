@@ -77,9 +77,11 @@ def _read_predictions(path: Path) -> tuple[list[int], np.ndarray, np.ndarray]:
         raise ReclipError(f"cannot read {path} ({exc}); it is not a reclip predictions file") from None
 
 
-def write_report(files: ReportFiles) -> list[Path]:
-    """Build report.png (runs with per-epoch records) and report.html from ``files``;
-    returns the paths written."""
+def write_report(files: ReportFiles | str | Path) -> list[Path]:
+    """Build report.png (runs with per-epoch records) and report.html from ``files`` (or a
+    run folder, or ``reclip predict``'s CSV); returns the paths written."""
+    if not isinstance(files, ReportFiles):
+        files = ReportFiles.of(files)
     try:
         metrics = json.loads(files.metrics.read_text())
     except FileNotFoundError:
