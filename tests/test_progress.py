@@ -119,7 +119,7 @@ def test_heartbeat_speaks_only_after_ten_silent_seconds(monkeypatch, capsys):
     monkeypatch.setattr(progress_module, "HEARTBEAT_S", 0.01)
     clock = FakeClock()
     monkeypatch.setattr(progress_module, "_clock", clock)
-    monkeypatch.setattr(progress_module, "_last_line", float("-inf"))
+    monkeypatch.setattr(progress_module, "_last_line", 0.0)
     err = ""
     with progress_module.heartbeat("label propagation"):
         clock.now = 9.0

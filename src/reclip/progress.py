@@ -30,7 +30,7 @@ HEARTBEAT_S: float | None = 1.0  # how often the heartbeat thread looks at the c
 
 _quiet = False
 _clock = time.monotonic  # seconds; tests replace it with a fake clock
-_last_line = float("-inf")  # _clock() when the last progress line was written
+_last_line = _clock()  # when the last progress line was written (or this module was imported)
 _active_loops = 0  # progress loops now reporting with lines (a heartbeat leaves the talking to them)
 
 
@@ -156,7 +156,8 @@ def line(desc: str, done: int, total: int | None, unit: str, elapsed: float, pos
 def heartbeat(desc: str) -> Iterator[None]:
     """Around a long stretch of work whose steps do not all report (label propagation, model
     loading): without a terminal, a ``desc: working, 25 s`` line whenever no progress line
-    was written for ``LINE_EVERY_S`` seconds and no ``progress`` loop is reporting. Quiet on a terminal, under ``set_quiet`` and
+    was written for ``LINE_EVERY_S`` seconds (counted across steps: the silence before the
+    block counts too) and no ``progress`` loop is reporting. Quiet on a terminal, under ``set_quiet`` and
     off the main process."""
     if _quiet or not distributed.is_main() or _interactive() or not HEARTBEAT_S:
         yield
@@ -167,7 +168,7 @@ def heartbeat(desc: str) -> Iterator[None]:
     def beat() -> None:
         while not stopped.wait(HEARTBEAT_S):
             now = _clock()
-            if not _active_loops and now - max(_last_line, start) >= LINE_EVERY_S:
+            if not _active_loops and now - _last_line >= LINE_EVERY_S:
                 _say(f"{desc}: working, {now - start:.0f} s")
 
     thread = threading.Thread(target=beat, daemon=True)

@@ -12,7 +12,7 @@ from ..data.sampling import random_subset
 from ..errors import ReclipError
 from ..method.config import ALPHA_APART, ALPHA_CONTRASTIVE, CHOICES, ConfigError, ReclipConfig
 from ..models.base import DualEncoder
-from ..models.factory import load_model
+from ..models.factory import check_device, check_model, load_model
 
 # library parameters whose flag is not simply --<name with dashes>
 FLAGS = {"spec": "--model", "root": "--data-root", "cache": "--no-cache", "project": "--no-project", "agreement_filter": "--no-agreement-filter",
@@ -129,7 +129,11 @@ def load_inputs(args: argparse.Namespace, model: DualEncoder | None = None,
     """The model (unless given), the dataset (``--max-images`` applied) and ``--templates``."""
     if args.max_images is not None and args.max_images < 1:  # before the model is loaded
         raise ReclipError(f"--max-images must be positive; got {args.max_images}")
-    # the data first: a missing dataset fails in seconds, before a model is loaded
+    # cheap checks first: the model's name, then the data, and only then the (slow) model
+    if model is None:
+        check_model(args.model, args.pretrained)
+        if args.device is not None:
+            check_device(args.device)
     dataset = load_dataset(args.dataset, root=args.data_root, split=args.split,
                            classnames=args.classnames if args.classnames is not None else classnames,
                            strict=args.strict)

@@ -37,30 +37,40 @@ def check_device(device: str | torch.device) -> torch.device:
     return parsed
 
 
+def check_model(spec: str, pretrained: str | None = None) -> None:
+    """What ``load_model`` checks before any weights are read or downloaded: a known ``spec``
+    and, for an open_clip architecture, a known ``pretrained`` tag or an existing file. The
+    commands call it before they read the dataset, and load the model after."""
+    if spec.startswith("hf:"):
+        if pretrained:
+            raise ArgumentError("{arg}: not used with hf: models, whose weights come from the hub id or folder; "
+                                "leave it out", "pretrained", pretrained)
+    elif spec not in ("bridge", "tiny") and not spec.startswith(("hf-hub:", "local-dir:")):
+        from .open_clip_backend import check_pretrained, open_clip_arch
+        arch = open_clip_arch(spec)
+        if arch is None:
+            raise ReclipError(
+                f"unknown model '{spec}'; use tiny, bridge, an open_clip architecture such as "
+                "ViT-B-32, ViT-L-14 or RN50 (see open_clip.list_models()), hf:org/repo or "
+                "hf:/path/to/folder")
+        if pretrained is not None:
+            check_pretrained(arch, pretrained)
+
+
 def load_model(spec: str, pretrained: str | None = None,
                device: str | torch.device | None = None) -> DualEncoder:
     """Build the dual encoder named by ``spec`` on ``device`` (default: CUDA when available), in eval mode."""
     device = check_device(device or default_device())
+    check_model(spec, pretrained)
     if spec == "bridge":
         from .bridge import build_bridge
         model: DualEncoder = build_bridge(device)
     elif spec.startswith("hf:"):
         from .hf_backend import build_hf
-        if pretrained:
-            raise ArgumentError("{arg}: not used with hf: models, whose weights come from the hub id or folder; "
-                                "leave it out", "pretrained", pretrained)
         model = build_hf(spec[3:], device)
     else:
         from .open_clip_backend import build_open_clip
-        try:
-            model = build_open_clip(spec, pretrained, device)
-        except ReclipError as exc:
-            if str(exc) == f"unknown model '{spec}'":
-                raise ReclipError(
-                    f"unknown model '{spec}'; use tiny, bridge, an open_clip architecture such as "
-                    "ViT-B-32, ViT-L-14 or RN50 (see open_clip.list_models()), hf:org/repo or "
-                    "hf:/path/to/folder") from None
-            raise
+        model = build_open_clip(spec, pretrained, device)
     # cuDNN's and oneDNN's fast convolution kernels want NHWC (EfficientNet-Lite0 on 2 CPU
     # cores: 15 -> 31 images/s forward). Only convolutional towers: a ViT's one patch
     # embedding conv gains nothing, and transformers' towers have none.

@@ -53,13 +53,13 @@ class OpenClipDualEncoder(DualEncoder):
         return [m.token_embedding, m.transformer, m.ln_final]
 
 
-def _is_open_clip_arch(spec: str) -> str | None:
+def open_clip_arch(spec: str) -> str | None:
     """The canonical open_clip architecture name matching ``spec`` (case-insensitive), if any."""
     by_lower = {name.lower(): name for name in open_clip.list_models()}
     return by_lower.get(spec.lower())
 
 
-def _check_pretrained(arch: str, pretrained: str) -> None:
+def check_pretrained(arch: str, pretrained: str) -> None:
     if Path(pretrained).expanduser().exists():
         return
     if Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}:
@@ -128,11 +128,11 @@ def build_open_clip(spec: str, pretrained: str | None, device: str | torch.devic
             raise ReclipError(f"model folder {spec.split(':', 1)[1]} does not exist; "
                               "pass local-dir:/path/to/folder holding open_clip_config.json and weights")
     else:
-        arch = _is_open_clip_arch(spec)
+        arch = open_clip_arch(spec)
         if arch is None:
-            raise ReclipError(f"unknown model '{spec}'")  # the factory adds the list of choices
+            raise ReclipError(f"unknown model '{spec}'")  # load_model's check_model names the choices
     if pretrained is not None and not spec.startswith(("hf-hub:", "local-dir:")):
-        _check_pretrained(arch, pretrained)
+        check_pretrained(arch, pretrained)
         pretrained = str(Path(pretrained).expanduser()) if Path(pretrained).expanduser().exists() else pretrained
 
     downloads = pretrained is not None and not Path(pretrained).exists() or spec.startswith("hf-hub:")
