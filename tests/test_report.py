@@ -182,7 +182,7 @@ def test_choose_images_by_value():
     many = torch.arange(30) % 2
     strips, _ = choose_images(many, torch.linspace(0.1, 0.9, 30), None, classes=2)
     assert strips[0]["most"] == [28, 26, 24, 22, 20, 18] and strips[0]["least"] == [0, 2, 4, 6, 8, 10]
-    assert strip_length(1000) == 2 and strip_length(40) == 3
+    assert strip_length(1000) == 1 and strip_length(40) == 3 and strip_length(20) == 6
 
 
 def test_predict_and_zeroshot_write_a_report(runs, tmp_path, capsys):

@@ -34,8 +34,8 @@ STRIP_IMAGES = 240  # thumbnails in all class strips together, about (so a repor
 
 def strip_length(classes: int) -> int:
     """Most (and least) confident images shown per class: 6 for up to 20 classes, fewer
-    for more (2 at least), so a 1,000-class report holds about 4,000 thumbnails."""
-    return max(2, min(6, STRIP_IMAGES // (2 * classes)))
+    for more (1 at least), so a 1,000-class report holds about 2,000 thumbnails (a few MB)."""
+    return max(1, min(6, STRIP_IMAGES // (2 * classes)))
 
 
 def indices_digest(indices: list[int]) -> str:
