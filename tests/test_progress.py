@@ -38,6 +38,7 @@ def fake_clock(monkeypatch):
     monkeypatch.setattr(progress_module, "_interactive", lambda: False)
     monkeypatch.setattr(progress_module, "_quiet", False)
     monkeypatch.setattr(progress_module, "HEARTBEAT_S", None)  # only the loop reports: deterministic
+    monkeypatch.setattr(progress_module, "_last_line", 0.0)
     return clock
 
 
@@ -100,6 +101,7 @@ def test_the_heartbeat_reports_while_one_item_takes_long(monkeypatch, capsys):
     monkeypatch.setattr(progress_module, "HEARTBEAT_S", 0.01)
     clock = FakeClock()
     monkeypatch.setattr(progress_module, "_clock", clock)
+    monkeypatch.setattr(progress_module, "_last_line", 0.0)
 
     def one_slow_item():
         clock.now = 25.0  # the item is 25 s into its work and still busy
@@ -143,6 +145,7 @@ def test_a_terminal_gets_a_tqdm_bar(monkeypatch):
 def test_cli_quiet_flag(domain, tmp_path, fake_clock, capsys, monkeypatch):
     monkeypatch.setenv("RECLIP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(progress_module, "_clock", lambda: next(seconds))  # every batch looks slow
+    monkeypatch.setattr(progress_module, "_last_line", 0.0)
     seconds = itertools.count(0, 5.0)
     args = ["zeroshot", "--model", "tiny", "--dataset", str(domain), "--workers", "0"]
     assert main(args + ["--out", str(tmp_path / "a"), "--no-cache"]) == 0

@@ -114,7 +114,8 @@ class _LineReporter:
             now = _clock()
             total = self.owner.total
             tenth = self.done * 10 // total if total else 0
-            due = now - self.last >= LINE_EVERY_S or (now - self.last >= MIN_GAP_S and tenth > self.last_tenth)
+            # 10 s since any line (this loop's or another step's), or a tenth more done
+            due = now - _last_line >= LINE_EVERY_S or (now - self.last >= MIN_GAP_S and tenth > self.last_tenth)
             if due and self.done != total:  # the closing line reports the last item
                 self._say(now)
                 self.last_tenth = tenth
@@ -123,7 +124,7 @@ class _LineReporter:
         while not self.stopped.wait(HEARTBEAT_S):
             with self.lock:
                 now = _clock()
-                if now - self.last >= LINE_EVERY_S and not self.stopped.is_set():
+                if now - _last_line >= LINE_EVERY_S and not self.stopped.is_set():
                     self._say(now)
 
     def stop(self) -> None:

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> None:
         dataset = load_dataset("fashion-mnist", root=benchmark_root("fashion_mnist", args.data_root))
     except ReclipError as exc:
         raise ReclipError(f"Fashion-MNIST is not on this machine: {GET_DATA} ({exc})") from None
+    print("reclip demo: loading the bridge model (EfficientNet-Lite0 + MiniLM-L6)", flush=True)
     with heartbeat("loading the bridge model"):
         model = load_model("bridge", device=args.device)
     dataset.transform = model.preprocess
