@@ -53,7 +53,9 @@ def _accuracy_panel(ax: plt.Axes, metrics: dict[str, Any]) -> None:
                                ("top1_t", "ReCLIP-T head", "tab:orange"), ("top1_v", "ReCLIP-V head", "tab:green")):
         ys = [h.get(key) for h in history] + [adapted.get(key)]
         if all(y is not None for y in ys):
-            ax.plot(xs, [100 * y for y in ys], marker="o", color=colour, label=label)
+            wide = key == "top1"  # drawn wide underneath: V's head often lies on top of it
+            ax.plot(xs, [100 * y for y in ys], marker="o", color=colour, label=label,
+                    lw=5 if wide else 1.5, alpha=0.45 if wide else 1.0, zorder=1 if wide else 2)
     for key, label, colour in (("pseudo_label_acc_t", "T's pseudo labels", "tab:orange"),
                                ("pseudo_label_acc_v", "V's pseudo labels", "tab:green")):
         if all(key in h for h in history):
