@@ -100,7 +100,7 @@ def test_zeroshot_scores_all_fashion_mnist_test_images(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["zeroshot", "--model", "tiny", "--dataset", "/no/such/dir"], "/no/such/dir does not exist"),
     (["zeroshot", "--model", "no-such-net", "--dataset", "cifar10"], "unknown model 'no-such-net'"),
-    (["adapt", "--model", "tiny", "--dataset", "/no/such/dir", "--epochs", "-1"], "--epochs must be at least 0; got -1"),
+    (["adapt", "--model", "tiny", "--dataset", "/no/such/dir", "--epochs", "-1"], "--epochs must be at least 1; got -1"),
     (["adapt", "--model", "tiny", "--dataset", "/no/such/dir", "--alpha", "1.5"], "--alpha must be in (0, 1); got 1.5"),
     (["adapt", "--model", "tiny", "--dataset", "/no/such/dir", "--lr-v", "-1"], "--lr-v must be in [0, 10]; got -1"),
     (["adapt", "--model", "tiny", "--dataset", "/no/such/dir", "--workers", "-1"], "--workers must be at least 0"),

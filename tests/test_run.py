@@ -222,7 +222,7 @@ def test_transductive_and_zero_shot_are_modes_of_the_same_object(domain, tmp_pat
     assert zs.adapter is None and lp.adapter is None and zs.history == [] == lp.history
     assert lp.metrics["final"]["top1"] > zs.metrics["final"]["top1"] + 0.2
     assert sorted(p.name for p in (tmp_path / "lp").iterdir() if not p.name.startswith(".")) == \
-        ["metrics.json", "predictions.csv"]
+        ["metrics.json", "predictions.csv", "report.html", "report_inputs.json"]
     torch.testing.assert_close(lp.zero_shot.probs, zs.predictions.probs)
 
 

@@ -13,9 +13,11 @@ Public API (imported lazily so ``import reclip`` stays fast):
 - ``Adapter.load(path).apply(model)`` -> ``AdaptedModel`` (``predict(dataset)`` -> ``Predictions``)
 - ``label_propagation(image_features, class_embeddings, ...)`` -> ``PropagationResult``;
   ``projection(class_embeddings, cut_dim=None)``; ``transclip(image_features, classifier=...)``
+- ``write_report(run_dir)``: rebuild report.html / report.png of a finished run
 - ``Callback`` (hooks into ``fit``), ``ReclipError`` (every error a user can fix), its
-  subclass ``ArgumentError`` (a bad argument; ``param`` names it) and that one's subclass
-  ``ConfigError`` (a bad ``ReclipConfig`` setting)
+  subclass ``ArgumentError`` (fixed by passing another ``param``; its message names it as a
+  Python argument, ``render`` as a flag) and that one's subclass ``ConfigError`` (a bad
+  ``ReclipConfig`` setting)
 
 The method, step by step, is in docs/method.md.
 """
@@ -50,6 +52,7 @@ _EXPORTS = {
     "AdaptedModel": "reclip.method.adapter",
     "ReclipError": "reclip.errors",
     "ArgumentError": "reclip.errors",
+    "write_report": "reclip.report",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -24,7 +24,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from . import __version__, distributed
 from .data.datasets import ImageDataset, collate
@@ -33,6 +32,7 @@ from .errors import ReclipError
 from .io import atomic_path, temporary_sibling
 from .models.base import DualEncoder
 from .paths import CACHE_ENV, feature_cache_dir
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,7 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]  # B x C x H x W images (on dev
 def encode_loader(encode: Encoder, device: torch.device, loader: DataLoader, desc: str = "features") -> Features:
     """Run ``encode`` over every batch; unreadable images are skipped (and listed)."""
     feats, idx, labels, skipped = [], [], [], []
-    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=None if distributed.is_main() else True)
-    for images, indices, labs, skip in bar:
+    for images, indices, labs, skip in progress(loader, desc):
         skipped += skip
         if len(indices):
             feats.append(encode(images.to(device, non_blocking=True)).float().cpu())

@@ -16,7 +16,7 @@ from .common import (add_data_options, add_method_options, add_model_options, co
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapt", help="adapt a model to unlabelled target images (ReCLIP)",
                        description="ReCLIP source-free adaptation. Writes metrics.json, predictions.csv, "
-                                   "adapter.safetensors, report.png and checkpoint/ to --out.")
+                                   "adapter.safetensors, report.html, report.png and checkpoint/ to --out.")
     add_model_options(p)
     add_data_options(p)
     add_method_options(p)
@@ -44,4 +44,5 @@ def run(args: argparse.Namespace) -> None:
         print_table([("zero-shot", m["zero_shot"]), (config.mode, m["final"])])
         if (line := safeguard_line(m)) is not None:
             print(line)
-        print(f"wrote {args.out} ({m['n']} images, {m['skipped']} skipped) in {m['seconds']:.1f} s")
+        print(f"wrote {args.out} ({m['n']} images, {m['skipped']} skipped) in {m['seconds']:.1f} s; "
+              f"report: {Path(args.out) / 'report.html'}")

@@ -11,18 +11,22 @@ from ..data.datasets import ImageDataset, load_dataset
 from ..data.prompts import read_templates
 from ..data.sampling import random_subset
 from ..errors import ReclipError
-from ..method.config import CHOICES, ReclipConfig
+from ..method.config import CHOICES, ConfigError, ReclipConfig
 from ..models.base import DualEncoder
-from ..models.factory import load_model
+from ..models.factory import check_device, check_model, load_model
 
 # the settings that every command reading images has (the data group); the rest is the method group
 DATA_SETTINGS = ("batch_size", "workers", "cache")
 FIELDS: dict[str, Field] = {f.name: f for f in fields(ReclipConfig)}
+# library parameters that are not ReclipConfig fields and whose flag is not --<name with dashes>
+OTHER_FLAGS = {"spec": "--model", "root": "--data-root"}
 
 
 def flag(param: str) -> str:
     """The command-line flag of a library parameter ("lr_v" -> "--lr-v"; a setting that is on by
     default, "project" -> "--no-project")."""
+    if param in OTHER_FLAGS:
+        return OTHER_FLAGS[param]
     name = param.replace("_", "-")
     field = FIELDS.get(param)
     return f"--no-{name}" if field is not None and field.default is True else f"--{name}"
@@ -80,7 +84,15 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, **fixed: object) -> ReclipConfig:
     """The validated ``ReclipConfig`` of the parsed flags (``fixed`` overrides)."""
     values = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
+    check_epochs(values.get("epochs"))
     return ReclipConfig(**{**values, **fixed})
+
+
+def check_epochs(epochs: int | None) -> None:
+    """``--epochs 0`` trains nothing, so the command line refuses it (the library accepts it)."""
+    if epochs is not None and epochs < 1:
+        raise ConfigError("epochs", f"must be at least 1; got {epochs} (for no training, use --mode zero-shot "
+                                    "or reclip zeroshot)")
 
 
 def load_inputs(args: argparse.Namespace, model: DualEncoder | None = None,
@@ -88,11 +100,17 @@ def load_inputs(args: argparse.Namespace, model: DualEncoder | None = None,
     """The model (unless given), the dataset (``--max-images`` applied) and ``--templates``."""
     if args.max_images is not None and args.max_images < 1:  # before the model is loaded
         raise ReclipError(f"--max-images must be positive; got {args.max_images}")
+    # cheap checks first: the model's name, then the data, and only then the (slow) model
     if model is None:
-        model = load_model(args.model, args.pretrained, args.device)
-    dataset = load_dataset(args.dataset, root=args.data_root, split=args.split, transform=model.preprocess,
+        check_model(args.model, args.pretrained)
+        if args.device is not None:
+            check_device(args.device)
+    dataset = load_dataset(args.dataset, root=args.data_root, split=args.split,
                            classnames=args.classnames if args.classnames is not None else classnames,
                            strict=args.strict)
+    if model is None:
+        model = load_model(args.model, args.pretrained, args.device)
+    dataset.transform = model.preprocess
     if args.max_images is not None:
         dataset = random_subset(dataset, args.max_images)
     templates_file = getattr(args, "templates", None)

@@ -21,7 +21,8 @@ from ..method.config import ReclipConfig
 from ..method.run import ReCLIP
 from ..models.factory import load_model
 from ..paths import system_package
-from .common import print_table, safeguard_line
+from ..progress import heartbeat
+from .common import check_epochs, print_table, safeguard_line
 
 GET_DATA = (f"install it with `apt-get install {system_package('fashion_mnist')}` or pass --data-root DIR "
             "holding the Fashion-MNIST IDX files")
@@ -44,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise ReclipError(f"--n must be positive; got {args.n}")
+    check_epochs(args.epochs)
     configs = {"transductive": ReclipConfig(mode="transductive", workers=args.workers),
                "reclip": ReclipConfig(mode="reclip", epochs=args.epochs, workers=args.workers)}
     if args.data_root is not None and not Path(args.data_root).is_dir():
@@ -52,7 +54,9 @@ def run(args: argparse.Namespace) -> None:
         dataset = load_dataset("fashion-mnist", root=benchmark_root("fashion_mnist", args.data_root))
     except ReclipError as exc:
         raise ReclipError(f"Fashion-MNIST is not on this machine: {GET_DATA} ({exc})") from None
-    model = load_model("bridge", device=args.device)
+    print("reclip demo: loading the bridge model (EfficientNet-Lite0 + MiniLM-L6)", flush=True)
+    with heartbeat("loading the bridge model"):
+        model = load_model("bridge", device=args.device)
     dataset.transform = model.preprocess
     dataset = random_subset(dataset, args.n)
     print(f"reclip demo: {model.name} on {len(dataset)} Fashion-MNIST test images")
@@ -70,4 +74,5 @@ def run(args: argparse.Namespace) -> None:
     print_table(table)
     if (line := safeguard_line(results["reclip"].metrics)) is not None:
         print(line)
-    print(f"report: {out / 'reclip' / 'report.png'}; everything else under {out}")
+    print(f"report: {out / 'reclip' / 'report.html'} (open it in a browser; curves in report.png); "
+          f"everything else under {out}")

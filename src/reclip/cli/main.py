@@ -1,4 +1,4 @@
-"""The ``reclip`` command line: ``reclip {zeroshot,adapt,predict,demo,bench} ...``."""
+"""The ``reclip`` command line: ``reclip {zeroshot,adapt,predict,report,demo,bench} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -6,20 +6,22 @@ import logging
 import sys
 import warnings
 
-from .. import __version__, distributed
+from .. import __version__, distributed, progress
 from ..errors import ArgumentError, ReclipError
 from .common import flag
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import adapt, bench, demo, predict, zeroshot
+    from . import adapt, bench, demo, predict, report, zeroshot
 
     parser = argparse.ArgumentParser(
         prog="reclip", description="Adapt CLIP-style models to unlabelled target images (ReCLIP).")
     parser.add_argument("--version", action="version", version=f"reclip {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars or lines and no per-epoch lines; only results and errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (zeroshot, adapt, predict, demo, bench):
+    for module in (zeroshot, adapt, predict, report, demo, bench):
         module.add_parser(sub)
     return parser
 
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    progress.set_quiet(args.quiet)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
         # under torchrun: join the process group (NCCL on CUDA, gloo on CPU) and pick this rank's GPU
@@ -35,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
             args.device = distributed.init(args.device)
         args.func(args)
     except ArgumentError as exc:  # a library argument or setting: shown as its flag
-        print(f"reclip: error: {flag(exc.param)} {exc.problem}", file=sys.stderr)
+        how = flag(exc.param) if exc.example is None else f"{flag(exc.param)} {exc.example}"
+        print(f"reclip: error: {exc.render(how)}", file=sys.stderr)
         return 2
     except ReclipError as exc:
         print(f"reclip: error: {exc}", file=sys.stderr)

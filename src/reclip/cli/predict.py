@@ -13,14 +13,15 @@ from ..io import refuse_overwriting_inputs, write_json
 from ..method.adapter import ADAPTER_FILE, Adapter
 from ..models.factory import load_model
 from ..predictions import CSV_HEADER
+from ..report import ReportFiles, write_report, write_report_inputs
 from .common import add_data_options, config_from_args, load_inputs, print_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images with an adapter saved by `reclip adapt`",
                        description="Loads the base model, applies the adapter and writes predictions "
-                                   "(index,path,pred,pred_name,confidence) to --out and metrics to "
-                                   "<out without suffix>.metrics.json.")
+                                   "(index,path,pred,pred_name,confidence) to --out, metrics to "
+                                   "<out without suffix>.metrics.json and a report to <out without suffix>.report.html.")
     p.add_argument("--adapter", required=True, help="the --out folder of `reclip adapt`, or its adapter.safetensors")
     p.add_argument("--model", default=None, help="override the base model recorded in the adapter")
     p.add_argument("--pretrained", default=None, help="override the base weights recorded in the adapter")
@@ -40,7 +41,9 @@ def run(args: argparse.Namespace) -> None:
     out = checks.path_argument(args.out, "out")
     if out.is_dir():
         raise ReclipError(f"--out {out} is a folder; pass a file name such as {out / 'predictions.csv'}")
-    outputs = [("--out", out), ("metrics file", metrics_path(out))]
+    report = ReportFiles.of_predictions(out)
+    outputs = [("--out", out), ("metrics file", metrics_path(out)), ("report", report.html),
+               ("report inputs", report.inputs)]
     dataset_path = Path(args.dataset).expanduser()
     inputs = [("--dataset", dataset_path)] if dataset_path.is_file() else []
     inputs += [("--adapter", Path(args.adapter).expanduser()),
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
     if args.classnames is not None:
         inputs.append(("--classnames", Path(args.classnames).expanduser()))
     refuse_overwriting_inputs(outputs, inputs)  # before any work
-    _refuse_foreign(out, metrics_path(out))
+    _refuse_foreign(out, metrics_path(out), report.html, report.inputs)
     settings = config_from_args(args)  # validates --batch-size and --workers
     adapter = Adapter.load(args.adapter)
     spec = args.model or adapter.meta["model"]
@@ -65,22 +68,24 @@ def run(args: argparse.Namespace) -> None:
                "dataset": dataset.spec, "n": len(predictions), **dataset.skipped_counts(predictions.skipped),
                **predictions.metrics(), "seconds": round(time.perf_counter() - start, 3)}
     write_json(metrics_path(out), metrics)
+    write_report_inputs(report.inputs, predictions, dataset=dataset)
+    write_report(report)
     print_table([(f"adapted ({adapter.mode})", metrics)])
-    print(f"wrote {out} and {metrics_path(out)} ({metrics['n']} images, {metrics['skipped']} skipped)")
+    print(f"wrote {out}, {metrics_path(out)} and {report.html} ({metrics['n']} images, {metrics['skipped']} skipped)")
 
 
-def _refuse_foreign(out: Path, metrics: Path) -> None:
+def _refuse_foreign(out: Path, metrics: Path, report: Path, report_inputs: Path) -> None:
     """Refuse to replace a file that no earlier ``reclip predict`` wrote."""
     if out.exists() and _first_line(out) != ",".join(CSV_HEADER):
         raise ReclipError(f"--out {out} exists and is not a predictions file of reclip; pass a new file name")
-    if metrics.exists():
-        try:
-            ours = json.loads(metrics.read_text(encoding="utf-8")).get("task") == "predict"
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            raise ReclipError(f"{metrics} (where --out {out} puts its metrics) exists and reclip did not write it; "
-                              "pass another --out")
+    try:
+        ours = json.loads(metrics.read_text(encoding="utf-8")).get("task") == "predict"
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        ours = False
+    for path in (metrics, report, report_inputs):
+        if path.exists() and not ours:
+            raise ReclipError(f"{path} (where --out {out} puts its {path.name.split('.', 1)[1]}) exists and reclip "
+                              "did not write it; pass another --out")
 
 
 def _first_line(path: Path) -> str | None:

@@ -10,8 +10,8 @@ from .common import add_data_options, add_model_options, config_from_args, load_
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("zeroshot", help="zero-shot classification of a dataset (the baseline)",
-                       description="Prompt-ensemble zero-shot classification; writes metrics.json "
-                                   "and predictions.csv to --out.")
+                       description="Prompt-ensemble zero-shot classification; writes metrics.json, "
+                                   "predictions.csv and report.html to --out.")
     add_model_options(p)
     add_data_options(p)
     p.add_argument("--out", required=True, help="output folder")
@@ -26,4 +26,4 @@ def run(args: argparse.Namespace) -> None:
         m = result.metrics
         print(f"{model.name} on {dataset.name}: {m['n']} images ({m['skipped']} skipped), {m['seconds']:.1f} s")
         print_table([("zero-shot", m["final"])])
-        print(f"wrote {args.out}/metrics.json and predictions.csv")
+        print(f"wrote {args.out}/metrics.json, predictions.csv and report.html")

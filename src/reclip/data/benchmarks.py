@@ -48,7 +48,7 @@ from reclip.data.images import (
     walk_images,
 )
 from reclip.data.prompts import ALIASES, benchmark_prompts, normalize_name
-from reclip.errors import ReclipError
+from reclip.errors import ArgumentError, ReclipError
 from reclip.paths import data_home, system_data_roots
 
 DOWNLOAD_TIMEOUT_S = 30.0  # per network operation, so an unreachable host fails fast
@@ -58,7 +58,7 @@ T = TypeVar("T")
 
 DOWNLOAD_HINT = (
     "run once with internet access to download it there, "
-    "or copy the data there (pick the folder with root= or the RECLIP_DATA variable)"
+    "or copy the data there (pick the folder with {arg} or the RECLIP_DATA variable)"
 )
 
 
@@ -558,6 +558,6 @@ def load_benchmark(name: str, root: Path, split: str, download: bool = True) -> 
     try:
         return benchmark.load(root, split, download)
     except DataMissing as exc:
-        raise ReclipError(
-            f"benchmark {name} ({split} split) not found at {exc.expected} ({exc.reason}); {benchmark.hint}"
-        ) from exc
+        raise ArgumentError(
+            "root", f"benchmark {name} ({split} split) not found at {exc.expected} ({exc.reason}); {benchmark.hint}",
+            "/path/to/folder") from exc

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
-from tqdm.auto import tqdm
 
 from ..errors import ReclipError
 from ..paths import pixel_cache_dir
+from ..progress import progress
 from .datasets import ImageDataset, collate
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class DecodedImages(Dataset):
             self._file = tempfile.NamedTemporaryFile(prefix="reclip-pixels-", suffix=".u8", dir=pixel_cache_dir())
         except OSError as exc:
             raise _no_room(0, exc) from None
-        for images, idx, _, skipped in tqdm(loader, desc="decode once", unit="batch", leave=False, disable=None):
+        for images, idx, _, skipped in progress(loader, "decode images once"):
             self.skipped.update(skipped)
             if len(idx) == 0:
                 continue

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..checks import shown
 from ..errors import ArgumentError
+from ..progress import is_quiet
 
 if TYPE_CHECKING:
     from .result import ReclipResult
@@ -28,27 +29,52 @@ class Callback:
         """After the final evaluation (and after the outputs were written, when ``out`` was given)."""
 
 
+EPOCH_KEYS = ("top1", "top1_t", "top1_v", "pseudo_label_acc_t", "pseudo_label_acc_v", "agreement", "head_agreement")
+LOSS_KEYS = ("loss_t", "loss_v")
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """One line of an epoch record of ``metrics["epochs"]``. Record k was evaluated after k
+    epochs of training and holds the losses and time of the pass that followed, so it reads
+    ``after 0/2 epochs: top1 ...; epoch 1: loss_t ..., 1.3 s``, as report.png's x axis and
+    the record's ``epoch`` key count."""
+    line = "  ".join([f"after {record['epoch']}/{epochs} epochs:"]
+                     + [f"{key} {record[key]:.4f}" for key in EPOCH_KEYS if key in record])
+    trained = [f"{key} {record[key]:.4f}" for key in LOSS_KEYS if key in record]
+    if "seconds" in record:
+        trained.append(f"{record['seconds']:.1f} s")
+    return line + (f";  epoch {record['epoch'] + 1}: " + "  ".join(trained) if trained else "")
+
+
+def final_line(metrics: dict[str, Any]) -> str | None:
+    """The closing ``after N/N epochs`` line of a self-training run: the adapted model's final
+    accuracies (when labels exist) and its heads' agreement; None for the other modes."""
+    history = metrics.get("epochs")
+    if not history:
+        return None
+    adapted = metrics.get("final_adapted", metrics["final"])
+    record = {"epoch": len(history), **{k: v for k, v in adapted.items() if k in EPOCH_KEYS}}
+    if "safeguard" in metrics:
+        record["head_agreement"] = metrics["safeguard"]["agreement"]
+    line = epoch_line(record, len(history)) + "  (the adapted model"
+    return line + ("; the safeguard keeps zero-shot's predictions)" if "final_adapted" in metrics else ")")
+
+
 class PrintProgress(Callback):
-    """Prints where a run resumed and one line per epoch (what the command line shows)."""
+    """Prints where a run resumed and one line per epoch (what the command line shows);
+    silent under ``reclip.progress.set_quiet`` (the CLI's ``--quiet``)."""
 
     def on_fit_start(self, info: dict[str, Any]) -> None:
-        if info["resumed"]:
-            print(f"resuming after epoch {info['resumed_epoch']} of {info['epochs']}" if info["resumed_epoch"]
-                  else "no checkpoint to resume from; starting from the beginning")
+        if info["resumed"] and not is_quiet():
+            print(f"resuming after epoch {info['resumed_epoch']} of {info['epochs']}")
 
     def on_epoch_end(self, record: dict[str, Any], epochs: int) -> None:
-        print(epoch_summary(record, epochs), flush=True)
+        if not is_quiet():
+            print(epoch_line(record, epochs), flush=True)
 
-
-def epoch_summary(stats: dict, epochs: int) -> str:
-    """One line of an epoch record: its accuracies (when labels exist), agreement, losses, time."""
-    parts = [f"epoch {stats['epoch'] + 1}/{epochs}"]
-    for key in ("top1", "top1_t", "top1_v", "pseudo_label_acc_t", "pseudo_label_acc_v", "agreement", "head_agreement",
-                "loss_t", "loss_v"):
-        if key in stats:
-            parts.append(f"{key} {stats[key]:.4f}")
-    parts.append(f"{stats['seconds']:.1f} s")
-    return "  ".join(parts)
+    def on_fit_end(self, result: "ReclipResult") -> None:
+        if not is_quiet() and (line := final_line(result.metrics)) is not None:
+            print(line, flush=True)
 
 
 def check_callbacks(callbacks: Any, name: str = "callbacks") -> list[Callback]:

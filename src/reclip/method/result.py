@@ -13,16 +13,17 @@ import torch
 
 from .. import distributed
 from ..io import remove_stale, write_json
+from ..data.datasets import ImageDataset
 from ..predictions import Predictions
-from ..report import plot_report
+from ..report import HTML_FILE, INPUTS_FILE, PNG_FILE, ReportFiles, write_report, write_report_inputs
 from .adapter import ADAPTER_FILE, Adapter
 from .safeguard import Decision
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
-REPORT_FILE = "report.png"
+REPORT_FILE = PNG_FILE
 #: every file a run may write into its output folder
-OUTPUT_FILES = (METRICS_FILE, PREDICTIONS_FILE, ADAPTER_FILE, REPORT_FILE)
+OUTPUT_FILES = (METRICS_FILE, PREDICTIONS_FILE, ADAPTER_FILE, REPORT_FILE, HTML_FILE, INPUTS_FILE)
 
 
 @dataclass
@@ -108,22 +109,23 @@ class ReclipResult:
         m.update(seconds=self.seconds, peak_memory_mb=self.peak_memory_mb)
         return m
 
-    def save(self, out: str | Path) -> list[Path]:
-        """Write metrics.json, predictions.csv, and for training modes adapter.safetensors and
-        report.png into ``out``, each atomically; returns the paths written (none off rank 0)."""
+    def save(self, out: str | Path, dataset: ImageDataset | None = None) -> list[Path]:
+        """Write metrics.json, predictions.csv, report_inputs.json (thumbnails of ``dataset``'s
+        images, else of the predictions' files), for training modes adapter.safetensors, then
+        report.png (training modes) and report.html into ``out``, each atomically, and remove
+        what an earlier run left there that this one does not write; returns the paths written
+        (none off rank 0)."""
         if not distributed.is_main():
             return []
         out = Path(out)
-        metrics = self.metrics
         written = [out / PREDICTIONS_FILE, out / METRICS_FILE]
         self.predictions.save_csv(written[0])
         if self.adapter is not None:
             written.append(out / ADAPTER_FILE)
             self.adapter.save(written[-1])
-        if self.history:
-            written.append(out / REPORT_FILE)
-            plot_report(written[-1], self.history, metrics["zero_shot"], metrics["final"], self.title,
-                        metrics.get("safeguard"))
-        write_json(written[1], metrics)  # last: its presence means the run finished
+        files = ReportFiles.of_run(out)
+        written.append(write_report_inputs(files.inputs, self.predictions, self.zero_shot, dataset))
+        write_json(written[1], self.metrics)  # its presence means the run finished
+        written += write_report(files)  # built from the files above, as `reclip report` does
         remove_stale(out, (ADAPTER_FILE, REPORT_FILE), written)
         return written

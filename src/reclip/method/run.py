@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .. import checks, distributed
+from .. import checks, distributed, progress
 from ..data.datasets import ImageDataset
 from ..data.prompts import get_templates
 from ..errors import ArgumentError, ReclipError
@@ -108,14 +108,14 @@ class ReCLIP:
                   if out is not None and distributed.is_main() else contextlib.nullcontext())
         norms = {**self.model.named_image_norm_parameters(), **self.model.named_text_norm_parameters()}
         pristine = snapshot(norms)
-        with folder:
+        with folder, progress.heartbeat(f"reclip {self.config.mode} on {dataset.name}"):
             try:
                 result = _Run(self.model, self.config, self.stages, dataset, templates, callbacks).execute(
                     Path(out) if out is not None else None, resume)
             finally:
                 load_into(norms, pristine, "model")
             if out is not None:
-                result.save(out)
+                result.save(out, dataset)
         for callback in callbacks:
             callback.on_fit_end(result)
         return result

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 from torch.nn.functional import cross_entropy
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..data.datasets import ImageDataset, collate
 from ..data.pixels import DecodedImages, split_transform
@@ -38,6 +37,7 @@ from ..features import Features, default_workers, encode_dataset
 from ..models.base import DualEncoder
 from ..errors import ReclipError
 from ..precision import autocast, full_precision
+from ..progress import progress
 from .config import ReclipConfig
 from .heads import Heads, combined_logits, text_heads
 from .safeguard import estimated_gain, head_agreement
@@ -258,8 +258,7 @@ def train_pass(model: DualEncoder, images: Dataset, classnames: list[list[str]],
     images_of, row_of = _v_batches(images, frozen, batches, config) if opt_v is not None else (None, None)
     # cross-entropy sums and agreed counts; V's are this rank's share until summed at the end
     sums = {"ce_t": 0.0, "agreed": 0, "seen": 0, "ce_v": torch.zeros(2, dtype=torch.float64)}
-    bar = tqdm(batches, desc=f"train epoch {epoch}", unit="batch", leave=False,
-               disable=None if distributed.is_main() else True)
+    bar = progress(batches, f"train epoch {epoch + 1}")
     for rows in bar:
         batch = next(images_of) if opt_v is not None else None  # every rank advances in lockstep
         count = int(agree[rows].sum())

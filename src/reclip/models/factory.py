@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ReclipError
+from ..errors import ArgumentError, ReclipError
 from .base import DualEncoder
 
 
@@ -38,29 +38,44 @@ def check_device(device: str | torch.device) -> torch.device:
     return parsed
 
 
+#: the bridge model with the EfficientNet-Lite0 (``bridge``), Lite1 or Lite2 image tower
+BRIDGE_SPECS = ("bridge", "bridge-lite1", "bridge-lite2")
+
+
+def check_model(spec: str, pretrained: str | None = None) -> None:
+    """What ``load_model`` checks before any weights are read or downloaded: a known ``spec``
+    and, for an open_clip architecture, a known ``pretrained`` tag or an existing file. The
+    commands call it before they read the dataset, and load the model after."""
+    if spec.startswith("hf:"):
+        if pretrained:
+            raise ArgumentError("pretrained", "{arg}: not used with hf: models, whose weights come from the hub id "
+                                "or folder; leave it out", pretrained)
+    elif spec not in (*BRIDGE_SPECS, "tiny") and not spec.startswith(("hf-hub:", "local-dir:")):
+        from .open_clip_backend import check_pretrained, open_clip_arch
+        arch = open_clip_arch(spec)
+        if arch is None:
+            raise ReclipError(
+                f"unknown model '{spec}'; use tiny, bridge (or bridge-lite1, bridge-lite2), an open_clip architecture such as "
+                "ViT-B-32, ViT-L-14 or RN50 (see open_clip.list_models()), hf:org/repo or "
+                "hf:/path/to/folder")
+        if pretrained is not None:
+            check_pretrained(arch, pretrained)
+
+
 def load_model(spec: str, pretrained: str | None = None,
                device: str | torch.device | None = None) -> DualEncoder:
     """Build the dual encoder named by ``spec`` on ``device`` (default: CUDA when available), in eval mode."""
     device = check_device(device or default_device())
-    if spec in ("bridge", "bridge-lite1", "bridge-lite2"):
+    check_model(spec, pretrained)
+    if spec in BRIDGE_SPECS:
         from .bridge import build_bridge
         model: DualEncoder = build_bridge(device, spec)
     elif spec.startswith("hf:"):
         from .hf_backend import build_hf
-        if pretrained:
-            raise ReclipError("--pretrained is not used with hf: models; the weights come from the hub id or folder")
         model = build_hf(spec[3:], device)
     else:
         from .open_clip_backend import build_open_clip
-        try:
-            model = build_open_clip(spec, pretrained, device)
-        except ReclipError as exc:
-            if str(exc) == f"unknown model '{spec}'":
-                raise ReclipError(
-                    f"unknown model '{spec}'; use tiny, bridge (or bridge-lite1, bridge-lite2), an open_clip "
-                    "architecture such as ViT-B-32, ViT-L-14 or RN50 (see open_clip.list_models()), hf:org/repo or "
-                    "hf:/path/to/folder") from None
-            raise
+        model = build_open_clip(spec, pretrained, device)
     # cuDNN's and oneDNN's fast convolution kernels want NHWC (EfficientNet-Lite0 on 2 CPU
     # cores: 15 -> 31 images/s forward). Only convolutional towers: a ViT's one patch
     # embedding conv gains nothing, and transformers' towers have none.

@@ -1,15 +1,16 @@
 """Hugging Face transformers backend: CLIP and SigLIP models from a hub id or a local folder."""
 from __future__ import annotations
 
-import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ReclipError
+from ..errors import ArgumentError, ReclipError
 from .base import DualEncoder
+from .hub import hub_reachable
 
 
 def _features(out: Any) -> torch.Tensor:
@@ -56,24 +57,26 @@ class HFDualEncoder(DualEncoder):
 def build_hf(source: str, device: str | torch.device) -> HFDualEncoder:
     """Load a CLIP/SigLIP model with ``AutoModel`` from a hub id or a local folder.
 
-    A local folder (or ``HF_HUB_OFFLINE=1``) never touches the network (``local_files_only``).
+    A local folder, ``HF_HUB_OFFLINE=1`` or an unreachable hub reads only local files
+    (``local_files_only``), so offline it fails at once instead of retrying.
     """
     try:
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
     except ImportError as exc:
         raise ReclipError('Hugging Face models need transformers: pip install "reclip-vlm[hf]"') from exc
     local = Path(source).expanduser().is_dir()
-    offline = local or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    offline = local or not hub_reachable()
     where = str(Path(source).expanduser()) if local else source
     try:
         model = AutoModel.from_pretrained(where, local_files_only=offline)
         image_processor = AutoImageProcessor.from_pretrained(where, local_files_only=offline)
         tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=offline)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ReclipError(
-            f"could not load Hugging Face model '{source}': {first[:200]}. Without internet, "
-            f"download it elsewhere (huggingface-cli download {source}) and pass --model hf:/path/to/folder") from exc
+        why = ("the model hub is unreachable and it is not in the local cache" if offline and not local
+               else textwrap.shorten(str(exc), 300, placeholder=" ...") or type(exc).__name__)
+        raise ArgumentError("spec", f"could not load Hugging Face model '{source}': {why}; download it on a machine "
+                            f"with internet (huggingface-cli download {source}) and pass {{arg}}",
+                            "hf:/path/to/folder") from exc
     if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
         raise ReclipError(f"Hugging Face model '{source}' ({type(model).__name__}) is not a dual "
                           "encoder; use a CLIP or SigLIP checkpoint")

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import open_clip
+from open_clip.pretrained import download_pretrained
 import torch
 from torch import nn
 
-from ..errors import ReclipError
+from ..errors import ArgumentError, ReclipError
 from .base import DualEncoder
+from .hub import hub_reachable, offline_hub
 
 TINY_CONFIG = Path(__file__).parent / "configs" / "reclip-tiny.json"
 TINY_NAME = "reclip-tiny"
@@ -49,13 +53,13 @@ class OpenClipDualEncoder(DualEncoder):
         return [m.token_embedding, m.transformer, m.ln_final]
 
 
-def _is_open_clip_arch(spec: str) -> str | None:
+def open_clip_arch(spec: str) -> str | None:
     """The canonical open_clip architecture name matching ``spec`` (case-insensitive), if any."""
     by_lower = {name.lower(): name for name in open_clip.list_models()}
     return by_lower.get(spec.lower())
 
 
-def _check_pretrained(arch: str, pretrained: str) -> None:
+def check_pretrained(arch: str, pretrained: str) -> None:
     if Path(pretrained).expanduser().exists():
         return
     if Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}:
@@ -68,17 +72,44 @@ def _check_pretrained(arch: str, pretrained: str) -> None:
                           f"{', '.join(tags) or 'none'} (or pass a local weights file)")
 
 
+def _cached_weights(arch: str, tag: str) -> bool:
+    """Whether the weights of a pretrained ``tag`` are in the local caches (asked before the
+    model is built, so that a miss costs no time): the hub's cache, read offline, or open_clip's
+    own for a tag it downloads from a plain URL (offline, that download could only hang)."""
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if cfg.get("hf_hub"):
+        with offline_hub(), _quiet_open_clip():
+            try:
+                return bool(download_pretrained(cfg))
+            except Exception:  # noqa: BLE001 - any failure to read the cache is a miss
+                return False
+    return not cfg.get("url") or (Path("~/.cache/clip").expanduser() / Path(cfg["url"]).name).is_file()
+
+
+def _no_weights(arch: str, source: str, why: str) -> ArgumentError:
+    """One line: which weights could not be loaded, why, and how to pass local ones."""
+    return ArgumentError("pretrained", f"could not load weights '{source}' for {arch}: {why}; download them on a "
+                         f"machine with internet and pass {{arg}} (or an open_clip folder as local-dir:/path)",
+                         "/path/to/open_clip_model.safetensors")
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """Hush open_clip's log lines (it logs through the root logger) inside the block."""
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 @contextlib.contextmanager
 def _seeded_random_init():
     """Seed the tiny model's random initialisation (so every run builds the same model),
     without touching the caller's RNG, and hush open_clip's "no pretrained weights" warning."""
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_open_clip():
         torch.manual_seed(TINY_SEED)
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(logging.NOTSET)
+        yield
 
 
 def build_open_clip(spec: str, pretrained: str | None, device: str | torch.device) -> OpenClipDualEncoder:
@@ -97,25 +128,27 @@ def build_open_clip(spec: str, pretrained: str | None, device: str | torch.devic
             raise ReclipError(f"model folder {spec.split(':', 1)[1]} does not exist; "
                               "pass local-dir:/path/to/folder holding open_clip_config.json and weights")
     else:
-        arch = _is_open_clip_arch(spec)
+        arch = open_clip_arch(spec)
         if arch is None:
-            raise ReclipError(f"unknown model '{spec}'")  # the factory adds the list of choices
+            raise ReclipError(f"unknown model '{spec}'")  # load_model's check_model names the choices
     if pretrained is not None and not spec.startswith(("hf-hub:", "local-dir:")):
-        _check_pretrained(arch, pretrained)
+        check_pretrained(arch, pretrained)
         pretrained = str(Path(pretrained).expanduser()) if Path(pretrained).expanduser().exists() else pretrained
 
+    downloads = pretrained is not None and not Path(pretrained).exists() or spec.startswith("hf-hub:")
+    offline = downloads and not hub_reachable()
+    if offline and pretrained is not None and not _cached_weights(arch, pretrained):
+        raise _no_weights(arch, pretrained, "the model hub is unreachable and they are not in the local cache")
     try:
-        with _seeded_random_init() if spec == "tiny" else contextlib.nullcontext():
+        with _seeded_random_init() if spec == "tiny" else contextlib.nullcontext(), \
+                offline_hub() if offline else contextlib.nullcontext():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, device=device)
+            tokenizer = open_clip.get_tokenizer(arch)
     except ReclipError:
         raise
     except Exception as exc:  # network errors, missing files, incompatible checkpoints
-        source = pretrained or spec
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ReclipError(
-            f"could not load weights '{source}' for {arch}: {first[:200]}. Without internet, "
-            f"download them elsewhere and pass --pretrained /path/to/weights.(bin|pt|safetensors) "
-            f"or --model local-dir:/path/to/folder") from exc
-    tokenizer = open_clip.get_tokenizer(arch)
+        why = ("the model hub is unreachable and they are not in the local cache" if offline
+               else textwrap.shorten(str(exc), 300, placeholder=" ...") or type(exc).__name__)
+        raise _no_weights(arch, pretrained or spec, why) from exc
     return OpenClipDualEncoder(model, preprocess, tokenizer, spec, pretrained)
