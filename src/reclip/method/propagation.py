@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as nnf
 
 from reclip.errors import ReclipError
-from reclip.method.knn import Neighbours, check_knn_options, knn_search, torch_threads
+from reclip.method.knn import Neighbours, best_first, check_knn_options, knn_search, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +84,7 @@ class PropagationResult:
         iterations: most CG iterations run by any class column.
         converged: number of class columns whose residual reached ``tol``.
         timings: seconds per stage: ``graph`` (projection + k-NN + adjacency),
-            ``knn`` (search incl. recall measurement), ``solve``, ``total``; when the
-            k-NN backend was chosen by a probe in this call, also ``knn_probe_torch``
-            and ``knn_probe_faiss``: the seconds each took on the probe queries that
-            were compared (for exact torch search half its probe time, as its search
-            of all points computes each inner product once for two points).
+            ``knn`` (search incl. recall measurement), ``solve``, ``total``.
     """
 
     labels: torch.Tensor
@@ -176,9 +172,9 @@ def label_propagation(
     or 0. Same-sign nodes have affinity 1, opposite-sign nodes 0, zero nodes 1/2 to
     all; the two class nodes have opposite signs (unless their embeddings are
     parallel), so an image takes the class on its side of the hyperplane orthogonal
-    to e, provided its graph component reaches a class node. With that many ties,
-    which of the tied neighbours are kept depends on the search backend; the results
-    are finite either way.
+    to e, provided its graph component reaches a class node. Tied neighbours are kept
+    by smaller index (:mod:`reclip.method.knn`), so the result is the same from every
+    backend.
     In general, nodes whose kept edges all have affinity 0 have degree 0: their rows
     of Wn are zero (no NaN/inf), and an image with no path to a class node gets an
     all-zero score row, label 0 and confidence 0.
@@ -195,9 +191,8 @@ def label_propagation(
         knn: ``"exact"`` (blocked matmul + top-k, or FAISS IndexFlatIP) or ``"approx"``
             (IVF with nprobe calibrated to a recall target, exact search when IVF
             cannot reach it cheaply; recall measured on a sample, logged and returned).
-        knn_backend: ``"torch"`` or ``"faiss"`` forces the k-NN backend; None picks
-            the faster one by a short timed probe, cached for the process (torch
-            without a probe on CUDA); see :mod:`reclip.method.knn`.
+        knn_backend: ``"torch"`` or ``"faiss"``; None: torch. Every backend gives the
+            same graph and so the same result (see :mod:`reclip.method.knn`).
         image_edges: ``"projected"`` (every similarity in the projection space, the
             paper's graph) or ``"full"``: the similarity of two images is the cosine of
             their full (unprojected) features; every similarity involving a class node
@@ -244,7 +239,7 @@ def label_propagation(
     knn_seconds = time.perf_counter() - knn_start
     del nodes
     weights = _normalised_weights(neighbours.indices, neighbours.similarities)
-    backend, knn_recall, probe = neighbours.backend, neighbours.recall, neighbours.probe_seconds
+    backend, knn_recall = neighbours.backend, neighbours.recall
     del neighbours
     order = reverse_cuthill_mckee(weights, symmetric_mode=True)
     weights = weights[order][:, order]
@@ -270,7 +265,6 @@ def label_propagation(
         "knn": knn_seconds,
         "solve": done - graph_done,
         "total": done - start,
-        **{f"knn_probe_{name}": seconds for name, seconds in probe.items()},
     }
     logger.info(
         "label propagation N=%d C=%d k=%d knn=%s (%s): graph %.2fs (k-NN %.2fs), solve %.2fs, total %.2fs",
@@ -308,29 +302,25 @@ def _full_image_edge_neighbours(nodes: torch.Tensor, images: torch.Tensor, k: in
     class_top = min(k, num_classes)
     rows_idx, rows_sims = [], []
     for rows in _row_chunks(len(images)):
-        sims, idx = (projected[rows] @ classes.T).topk(class_top, dim=1)
-        merged_sims = torch.cat([sims, image_sims[rows]], dim=1)
-        merged_idx = torch.cat([idx, image_idx[rows]], dim=1)
-        top_sims, pos = merged_sims.topk(min(k, merged_sims.shape[1]), dim=1)
-        rows_idx.append(merged_idx.gather(1, pos))
-        rows_sims.append(top_sims)
+        sims = _product(projected[rows], classes.T)
+        idx, sims = best_first(torch.arange(num_classes, device=nodes.device).expand_as(sims), sims, class_top)
+        top_idx_rows, top_sims_rows = best_first(torch.cat([idx, image_idx[rows]], dim=1),
+                                                 torch.cat([sims, image_sims[rows]], dim=1), k)
+        rows_idx.append(top_idx_rows)
+        rows_sims.append(top_sims_rows)
     top_sims = torch.empty(num_classes, 0, device=nodes.device)
     top_idx = torch.empty(num_classes, 0, dtype=torch.int64, device=nodes.device)
     for cols in _row_chunks(len(nodes)):
-        sims = classes @ nodes[cols].T
+        sims = _product(classes, nodes[cols].T)
         own = torch.arange(cols.start, min(cols.stop, num_classes), device=nodes.device)
         sims[own, own - cols.start] = -torch.inf  # no self loops
-        merged_sims = torch.cat([top_sims, sims], dim=1)
         columns = torch.arange(cols.start, cols.stop, device=nodes.device).expand_as(sims)
-        merged_idx = torch.cat([top_idx, columns], dim=1)
-        top_sims, pos = merged_sims.topk(min(k, merged_sims.shape[1]), dim=1)
-        top_idx = merged_idx.gather(1, pos)
+        top_idx, top_sims = best_first(torch.cat([top_idx, columns], dim=1), torch.cat([top_sims, sims], dim=1), k)
     indices = torch.cat([top_idx] + rows_idx).cpu()
     similarities = torch.cat([top_sims] + rows_sims).cpu()
     missing = torch.isinf(similarities)
     return Neighbours(indices.masked_fill(missing, -1), similarities.masked_fill(missing, 0.0).float(),
-                      among_images.recall, f"{among_images.backend} (full-space image edges)",
-                      among_images.probe_seconds)
+                      among_images.recall, f"{among_images.backend} (full-space image edges)")
 
 
 def normalised_adjacency(indices: torch.Tensor, similarities: torch.Tensor) -> torch.Tensor:
@@ -472,11 +462,17 @@ def _graph_coordinates(features: torch.Tensor, basis: torch.Tensor | None) -> to
     With a basis B (D x (r-1)) these are ``x B / ||x B||``; rows whose projected norm is
     at most ``ZERO_NORM_RTOL * ||x||`` become zero. Without a basis: ``x / ||x||``.
     """
-    coords = features if basis is None else features @ basis
+    coords = features if basis is None else _product(features, basis)
     norms = torch.linalg.vector_norm(coords, dim=1, keepdim=True)
     input_norms = norms if basis is None else torch.linalg.vector_norm(features, dim=1, keepdim=True)
     keep = norms > ZERO_NORM_RTOL * input_norms
     return torch.where(keep, coords / torch.where(keep, norms, 1.0), 0.0).contiguous()
+
+
+def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` in float32, computed in float64: how many threads share the sums (and in which
+    order they add) cannot change the rounded result, so the graph is the same at any thread count."""
+    return (a.double() @ b.double()).float()
 
 
 def _centroids(classes: torch.Tensor, images: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
