@@ -47,7 +47,10 @@ def add_data_options(p: argparse.ArgumentParser, with_prompts: bool = True) -> N
     g.add_argument("--max-images", type=int, default=None,
                    help="use a seeded random subset of this many images (quick runs)")
     g.add_argument("--batch-size", type=int, default=ReclipConfig.batch_size)
-    g.add_argument("--workers", type=int, default=None, help="data-loading processes (default: cores - 1, at most 4)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="data-loading processes (default: with --threads, within the cores this process may use)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch's intra-op threads (default: the cores this process may use, less the workers)")
     g.add_argument("--strict", action="store_true", help="abort on an unreadable image instead of skipping it")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the image-feature cache")
 

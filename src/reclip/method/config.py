@@ -25,7 +25,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "pseudo_labels": ("propagated", "zero-shot"),
 }
 # fields that change how fast a run goes, never what it computes (left out of resume identity)
-RUNTIME_FIELDS = ("workers", "cache")
+RUNTIME_FIELDS = ("workers", "threads", "cache")
 MANY_CLASSES = 500      # above this many classes the projection keeps MANY_CLASSES_CUT_DIM dimensions
 MANY_CLASSES_CUT_DIM = 250
 #: Label-propagation alpha when none is given: the paper's for contrastive (CLIP-family)
@@ -86,7 +86,9 @@ class ReclipConfig:
       confidence equal label propagation's mean confidence on the frozen model (label-free
       calibration).
     seed: shuffling and initialisation seed.
-    workers: data-loading processes (None: cores - 1, at most 4). cache: use the feature cache.
+    workers, threads: data-loading processes and torch's intra-op threads; None chooses them
+      together within the cores this process may use (``reclip.runtime.budget``).
+    cache: use the feature cache.
     """
 
     mode: str = "reclip"
@@ -115,6 +117,7 @@ class ReclipConfig:
     calibrate: bool = True
     seed: int = 0
     workers: int | None = None
+    threads: int | None = None
     cache: bool = True
 
     def __post_init__(self) -> None:
@@ -130,6 +133,7 @@ class ReclipConfig:
         _integer(self, "cut_dim", minimum=2, optional=True)
         _integer(self, "seed", minimum=0)
         _integer(self, "workers", minimum=0, optional=True)
+        _integer(self, "threads", minimum=1, optional=True)
         _number(self, "lr_v", 0.0, 10.0)
         _number(self, "lr_t", 0.0, 10.0)
         _number(self, "weight_decay", 0.0, 1.0, high_open=True)

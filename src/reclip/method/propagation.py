@@ -22,12 +22,15 @@ Pipeline of :func:`label_propagation`:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -44,19 +47,15 @@ ArrayLike = torch.Tensor | np.ndarray
 
 #: A projected node whose norm is at most this fraction of its input norm is a zero node.
 ZERO_NORM_RTOL = 1e-6
-#: Class columns solved together: as many as keep one (n x block) float32 CG array within
-#: CG_CACHE_BYTES, so the sparse product's scattered row reads hit the cache (measured at
-#: N = 51,000, C = 1,000: 4.0 s with 32-64 columns per block, 9.6 s with all 1,000), but
-#: at least MIN_CG_BLOCK (larger graphs gain nothing from narrower blocks: at N = 1M, 32
-#: and 100 columns took the same time) and at most MAX_CG_BLOCK.
-CG_CACHE_BYTES = 8 << 20
-MIN_CG_BLOCK = 32
+#: Class columns solved together: as many as keep one (n x block) float32 CG array within one
+#: core's L2 cache, read from sysfs (:func:`core_cache_bytes`; CORE_CACHE_FALLBACK where it is
+#: not reported), so the sparse product's scattered row reads stay in that core's cache, but at
+#: least MIN_CG_BLOCK and at most MAX_CG_BLOCK. Measured at N = 51,000 on a Xeon with 2 MiB
+#: of L2 per core, one thread, per 1,000 columns: 16 columns 10.1 s, 32 12.1 s, 64 15.3 s,
+#: 256 18.8 s, 1,000 24.9 s (load 10); on the AMD EPYC 32-64 columns 4.0 s, 1,000 9.6 s.
+CORE_CACHE_FALLBACK = 1 << 20
+MIN_CG_BLOCK = 8
 MAX_CG_BLOCK = 1024
-#: CPU solves whose (n x block) arrays are at most this size run on one thread, like
-#: the small SVD of the projection: they gain nothing from more threads, and on a busy
-#: machine every parallel region can cost milliseconds of waiting (measured on 2
-#: shared cores: CG 75x and a 768 x 1000 SVD 50x slower with 2 threads than with 1).
-SINGLE_THREAD_ELEMENTS = 1 << 20
 #: Where image-image similarities are taken (``label_propagation``'s ``image_edges``).
 IMAGE_EDGES = ("projected", "full")
 #: Rows per chunk when reducing over N x D or N x C arrays.
@@ -422,8 +421,12 @@ def _propagate(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Solve ``(I - alpha Wn) F = Y`` with ``Y[seeds[c], c] = 1`` and 0 elsewhere.
 
-    Classes are solved in blocks of about equal width (see ``CG_CACHE_BYTES``); small
-    CPU solves use one thread (see ``SINGLE_THREAD_ELEMENTS``).
+    Classes are solved in blocks of about equal width (see ``MIN_CG_BLOCK``). On the CPU the
+    blocks are spread over one Python thread per torch thread, each running torch
+    single-threaded: the thousands of small parallel regions of a multi-threaded solve each
+    waited for a descheduled thread when another process shared the cores (the solve took 5x
+    its idle time at N = 50k, C = 1,000 with one busy process on 2 cores). Each column's
+    arithmetic is the same at any thread count, so the result is too.
 
     Args:
         adjacency: (n x n) sparse CSR ``Wn`` on the compute device.
@@ -434,26 +437,44 @@ def _propagate(
     """
     num_nodes, num_classes = adjacency.shape[0], seeds.shape[0]
     device = adjacency.device
-    widest = max(MIN_CG_BLOCK, min(MAX_CG_BLOCK, CG_CACHE_BYTES // (4 * num_nodes)))
+    widest = max(MIN_CG_BLOCK, min(MAX_CG_BLOCK, core_cache_bytes() // (4 * num_nodes)))
     block = math.ceil(num_classes / math.ceil(num_classes / widest))
     scores = torch.empty(num_nodes, num_classes)
     iterations = torch.empty(num_classes, dtype=torch.int64)
     converged = torch.empty(num_classes, dtype=torch.bool)
 
-    def matvec(p: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(p, adjacency, p, alpha=-alpha)
+    def solve(first: int) -> None:
+        columns = torch.arange(first, min(first + block, num_classes))
+        rhs = torch.zeros(num_nodes, len(columns), device=device)
+        rhs[seeds[columns].to(device), torch.arange(len(columns), device=device)] = 1.0
+        result = conjugate_gradient(lambda p: torch.addmm(p, adjacency, p, alpha=-alpha), rhs,
+                                    max_iter=max_iter, tol=tol)
+        scores[:, columns] = result.solution.cpu()
+        iterations[columns] = result.iterations
+        converged[columns] = result.converged
 
-    small = device.type == "cpu" and num_nodes * block <= SINGLE_THREAD_ELEMENTS
-    with torch_threads(1 if small else torch.get_num_threads()):
-        for first in range(0, num_classes, block):
-            columns = torch.arange(first, min(first + block, num_classes))
-            rhs = torch.zeros(num_nodes, len(columns), device=device)
-            rhs[seeds[columns].to(device), torch.arange(len(columns), device=device)] = 1.0
-            result = conjugate_gradient(matvec, rhs, max_iter=max_iter, tol=tol)
-            scores[:, columns] = result.solution.cpu()
-            iterations[columns] = result.iterations
-            converged[columns] = result.converged
+    firsts = range(0, num_classes, block)
+    if device.type != "cpu":
+        for first in firsts:
+            solve(first)
+    else:  # one block per thread, each single-threaded: no thread ever waits for another
+        with ThreadPoolExecutor(min(torch.get_num_threads(), len(firsts))) as pool, torch_threads(1):
+            list(pool.map(solve, firsts))
     return scores, iterations, converged
+
+
+@functools.cache
+def core_cache_bytes() -> int:
+    """Bytes of the L2 cache of the first CPU core, from sysfs; ``CORE_CACHE_FALLBACK`` if unreported."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2" and (index / "type").read_text().strip() != "Instruction":
+                size = (index / "size").read_text().strip().upper()
+                units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+                return int(size.rstrip("KMG")) * units.get(size[-1], 1)
+        except (OSError, ValueError):
+            break
+    return CORE_CACHE_FALLBACK
 
 
 def _graph_coordinates(features: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:

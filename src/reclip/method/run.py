@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .. import distributed
+from .. import distributed, runtime
 from ..callbacks import Callback
 from ..data.datasets import ImageDataset
 from ..data.prompts import get_templates
@@ -161,6 +161,7 @@ class _Run:
     def execute(self, out: Path | None, resume: bool) -> ReclipResult:
         config = self.config
         torch.manual_seed(config.seed)
+        runtime.apply(config.threads, config.workers)
         frozen = extract_features(self.model, self.dataset, batch_size=config.batch_size, workers=config.workers,
                                   use_cache=config.cache)
         if len(frozen.indices) == 0:
@@ -203,7 +204,8 @@ class _Run:
                                device=self.model.device)
         predictions = self._predictions(frozen, scores_to_probabilities(lp.scores))
         metrics["final"] = predictions.metrics()
-        metrics["propagation"] = {"k": lp.k, "knn_recall": lp.knn_recall, "timings": lp.timings}
+        metrics["propagation"] = {"k": lp.k, "knn_backend": lp.knn_backend, "knn_recall": lp.knn_recall,
+                                  "timings": lp.timings}
         return predictions
 
     def _transclip(self, frozen: Features, classifier: torch.Tensor, metrics: dict) -> Predictions:
