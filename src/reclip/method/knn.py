@@ -102,16 +102,12 @@ class Neighbours:
 
 class Backend:
     """Proposes candidates: ``search(ids, width)`` -> (q x width) indices (-1 for none) and
-    similarities of the rows ``x[ids]`` to their best candidates (themselves included),
-    best first; ``complete(width)``: whether ``width`` covers every candidate."""
+    similarities of the rows ``x[ids]`` to their best candidates (themselves included), best first."""
 
     name: str
 
     def search(self, ids: torch.Tensor, width: int) -> Result:
         raise NotImplementedError
-
-    def complete(self, width: int) -> bool:
-        return False
 
 
 class TorchFlat(Backend):
@@ -124,9 +120,6 @@ class TorchFlat(Backend):
         rows = max(1, (_CUDA_BLOCK if self.x.is_cuda else _CPU_BLOCK) // self.x.shape[0])
         tops = [torch.topk(self.x[part] @ self.x.T, width, dim=1) for part in ids.to(self.x.device).split(rows)]
         return torch.cat([t.indices for t in tops]).cpu(), torch.cat([t.values for t in tops]).cpu()
-
-    def complete(self, width: int) -> bool:
-        return width >= self.x.shape[0]
 
 
 class FaissFlat(TorchFlat):
@@ -151,7 +144,6 @@ def knn_search(x: torch.Tensor, k: int, method: str = "exact", backend: str | No
     n = x.shape[0]
     if not 1 <= k <= n - 1:
         raise ValueError(f"k must be in [1, n - 1] = [1, {n - 1}], got {k}")
-    backend = backend or "torch"
     if method == "exact":
         found = _exact_backend(x, backend)
         return Neighbours(*_settle(x, torch.arange(n), k, found), None, found.name)
@@ -168,7 +160,7 @@ def check_knn_options(method: str, backend: str | None) -> None:
         raise ReclipError("knn_backend='faiss' needs FAISS: pip install faiss-cpu (or use knn_backend='torch')")
 
 
-def _exact_backend(x: torch.Tensor, backend: str) -> Backend:
+def _exact_backend(x: torch.Tensor, backend: str | None) -> Backend:
     return FaissFlat(x) if backend == "faiss" else TorchFlat(x)
 
 
@@ -187,7 +179,7 @@ def _settle(x: torch.Tensor, ids: torch.Tensor, k: int, backend: Backend) -> Res
             proposed, proposed_sims = backend.search(ids[part], width)
             idx, sims = _ranked(x, ids[part], proposed, k)
             # every candidate seen, or an unseen one has at most the last proposed similarity
-            done = (proposed[:, -1] < 0) | torch.full((len(part),), backend.complete(width) or width >= n)
+            done = (proposed[:, -1] < 0) | (width >= n)
             done |= proposed_sims[:, -1] + margin < sims[:, -1]
             out_idx[part[done]], out_sims[part[done]] = idx[done], sims[done]
             unsettled.append(part[~done])
@@ -238,7 +230,7 @@ def neighbour_recall(x: torch.Tensor, indices: torch.Tensor, seed: int = RECALL_
     return float(((found >= 0) & (found_sims >= exact[:, -1:] - 1e-6)).float().mean())
 
 
-def _ivf_search(x: torch.Tensor, k: int, backend: str) -> Neighbours:
+def _ivf_search(x: torch.Tensor, k: int, backend: str | None) -> Neighbours:
     """Approximate search (module docstring): calibrated nprobe, measured recall, step-ups, fallback."""
     n = x.shape[0]
     num_lists = max(1, min(round(IVF_LISTS_PER_SQRT_N * n**0.5), n // 39))
@@ -337,87 +329,64 @@ class FaissIVF(TorchIVF):
 
 
 def _ivf_torch_search(ivf: TorchIVF, ids: torch.Tensor, width: int) -> Result:
-    """Top-``width`` of the queries ``x[ids]`` among the points of their probed lists.
-
-    In chunks whose first-pass buffer fits ``_IVF_BUFFER_BYTES``, two passes, each searching
-    every list once by one matmul of the chunk's queries probing it against its points:
-    1. each query's first lists (about ``IVF_BOUND_POINTS_PER_WIDTH * width`` points) give
-       its top-``width`` there, whose last similarity bounds its final width-th from below;
-    2. all probed lists are scanned keeping the similarities at or above that bound (minus
-       ``_BOUND_SLACK``): a compare instead of a top-k per (query, list), which cost 3x the
-       matmul on the CPU. -1 and -inf where a query has fewer than ``width`` candidates.
-    """
+    """Top-``width`` of the queries ``x[ids]`` among the points of their probed lists, in chunks
+    whose first pass fits ``_IVF_BUFFER_BYTES``, in two passes of one matmul per list (of the
+    chunk's queries probing it against its points): each query's first lists (about
+    ``IVF_BOUND_POINTS_PER_WIDTH * width`` points) give its top-``width`` there, whose last
+    similarity bounds its final width-th from below; then all probed lists are scanned keeping
+    what reaches the bound (less ``_BOUND_SLACK``): a compare instead of a top-k per (query,
+    list), which cost 3x the matmul on the CPU."""
     x, nprobe = ivf.x, ivf.probes.shape[1]
     first = min(nprobe, math.ceil(IVF_BOUND_POINTS_PER_WIDTH * width * (len(ivf.offsets) - 1) / x.shape[0]))
     parts = []
     for part in ids.split(max(1, _IVF_BUFFER_BYTES // (nprobe * width * 12))):
         lists = ivf.probes[part.to(ivf.probes.device)]
-        idx, sims = _ivf_top_per_list(ivf, lists[:, :first].contiguous(), part, width)
+        idx, sims = _ivf_scan(ivf, lists[:, :first].contiguous(), part, width, None)
         if first < nprobe:
-            idx, sims = _ivf_above(ivf, lists, part, sims[:, -1] - _BOUND_SLACK, width)
+            idx, sims = _ivf_scan(ivf, lists, part, width, sims[:, -1] - _BOUND_SLACK)
         parts.append((idx.cpu(), sims.cpu()))
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def _ivf_top_per_list(ivf: TorchIVF, probes: torch.Tensor, ids: torch.Tensor, width: int) -> Result:
-    """Pass 1: top-``width`` of each query ``x[ids]`` in each of its (q x p) ``probes``, then overall."""
-    num_queries, nprobe = probes.shape
-    queries = ivf.x[ids.to(ivf.x.device)]
-    sims = torch.full((num_queries * nprobe, width), -torch.inf, device=ivf.x.device)
-    idx = torch.full((num_queries * nprobe, width), -1, dtype=torch.int64, device=ivf.x.device)
-    slots, firsts, busy = _slots_by_list(ivf, probes)
-
-    def search_list(lst: int) -> None:
-        begin, end = ivf.offsets[lst], ivf.offsets[lst + 1]
-        rows = slots[firsts[lst]: firsts[lst + 1]]
-        top = torch.topk(queries[rows // nprobe] @ ivf.points[begin:end].T, min(width, end - begin), dim=1)
-        sims[rows, : top.values.shape[1]] = top.values
-        idx[rows, : top.values.shape[1]] = ivf.order[begin + top.indices]
-
-    _for_each_list(ivf.x, search_list, busy)
-    best = torch.topk(sims.view(num_queries, -1), width, dim=1)
-    return idx.view(num_queries, -1).gather(1, best.indices), best.values
-
-
-def _ivf_above(ivf: TorchIVF, probes: torch.Tensor, ids: torch.Tensor, bound: torch.Tensor, width: int) -> Result:
-    """Pass 2: top-``width`` of each query ``x[ids]`` among its probed points at or above ``bound`` (q,)."""
+def _ivf_scan(ivf: TorchIVF, probes: torch.Tensor, ids: torch.Tensor, width: int, bound: torch.Tensor | None) -> Result:
+    """Top-``width`` of each query ``x[ids]`` among the points of its (q x p) ``probes`` lists:
+    of each list's top-``width`` (``bound`` None) or of the points at or above its ``bound``
+    (q,). -1 and -inf where a query has fewer candidates."""
     num_queries, nprobe = probes.shape
     device = ivf.x.device
     queries = ivf.x[ids.to(device)]
-    slots, firsts, busy = _slots_by_list(ivf, probes)
+    flat = probes.flatten()
+    slots = torch.argsort(flat, stable=True)  # (query, probe) slots by list
+    counts = torch.bincount(flat, minlength=len(ivf.offsets) - 1).tolist()
+    firsts = [0, *itertools.accumulate(counts)]
+    busy = [lst for lst, count in enumerate(counts) if count and ivf.offsets[lst + 1] > ivf.offsets[lst]]
     found: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def scan_list(lst: int) -> None:
+    def scan(lst: int) -> None:
         begin, end = ivf.offsets[lst], ivf.offsets[lst + 1]
         rows = slots[firsts[lst]: firsts[lst + 1]] // nprobe
         sims = queries[rows] @ ivf.points[begin:end].T
-        hit_row, hit_col = (sims >= bound[rows, None]).nonzero(as_tuple=True)
-        found[lst] = (rows[hit_row], ivf.order[begin + hit_col], sims[hit_row, hit_col])
+        if bound is None:
+            top = torch.topk(sims, min(width, end - begin), dim=1)
+            found[lst] = (rows[:, None].expand_as(top.indices).flatten(), ivf.order[begin + top.indices].flatten(),
+                          top.values.flatten())
+        else:
+            hit_row, hit_col = (sims >= bound[rows, None]).nonzero(as_tuple=True)
+            found[lst] = (rows[hit_row], ivf.order[begin + hit_col], sims[hit_row, hit_col])
 
-    _for_each_list(ivf.x, scan_list, busy)
-    missing = (torch.full((num_queries, width), -1, device=device),
-               torch.full((num_queries, width), -torch.inf, device=device))
-    if not busy:
-        return missing
-    query, point, sim = (torch.cat(column) for column in zip(*(found[lst] for lst in busy)))
+    _for_each_list(ivf.x, scan, busy)
+    query, point, sim = (torch.cat(column) for column in zip(*(found[lst] for lst in busy))) if busy else (
+        torch.empty(0, dtype=torch.int64, device=device),) * 3
     if not len(query):
-        return missing
+        return (torch.full((num_queries, width), -1, device=device),
+                torch.full((num_queries, width), -torch.inf, device=device))
     order = torch.argsort(sim, descending=True, stable=True)
     order = order[torch.argsort(query[order], stable=True)]  # by query, best first within each
-    counts = torch.bincount(query, minlength=num_queries)
+    counts_per_query = torch.bincount(query, minlength=num_queries)
     rank = torch.arange(width, device=device)
-    picked = order[((torch.cumsum(counts, 0) - counts)[:, None] + rank).clamp(max=len(order) - 1)]
-    present = rank < counts[:, None]
+    picked = order[((torch.cumsum(counts_per_query, 0) - counts_per_query)[:, None] + rank).clamp(max=len(order) - 1)]
+    present = rank < counts_per_query[:, None]
     return torch.where(present, point[picked], -1), torch.where(present, sim[picked], -torch.inf)
-
-
-def _slots_by_list(ivf: TorchIVF, probes: torch.Tensor) -> tuple[torch.Tensor, list[int], list[int]]:
-    """(q p,) flat (query, probe) slots sorted by list, where each list's slots start, and the
-    non-empty lists some slot probes."""
-    flat = probes.flatten()
-    counts = torch.bincount(flat, minlength=len(ivf.offsets) - 1).tolist()
-    busy = [lst for lst, count in enumerate(counts) if count and ivf.offsets[lst + 1] > ivf.offsets[lst]]
-    return torch.argsort(flat, stable=True), [0, *itertools.accumulate(counts)], busy
 
 
 def _for_each_list(x: torch.Tensor, function: Callable[[int], None], lists: list[int]) -> None:
