@@ -196,11 +196,12 @@ def in_subprocess(config: dict[str, Any], timeout: float) -> dict[str, Any]:
         else:
             tail = " | ".join(done.stderr.strip().splitlines()[-3:])
             record["status"] = f"failed (exit {done.returncode}): {tail}"
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
     record["wall_seconds_with_data_generation"] = round(time.perf_counter() - start, 1)
     record["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    for process in busy:
-        process.kill()
-        process.wait()
     print(f"  -> {record}", file=sys.stderr, flush=True)
     return record
 
