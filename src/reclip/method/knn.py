@@ -215,7 +215,7 @@ def _exact_similarities(x: torch.Tensor, ids: torch.Tensor, idx: torch.Tensor) -
     for part in range(0, len(ids), rows):
         q = x[ids[part: part + rows].to(x.device)].double()
         p = x[idx[part: part + rows].clamp(min=0).to(x.device)].double()
-        out[part: part + rows] = torch.einsum("qd,qwd->qw", q, p).float().cpu()
+        out[part: part + rows] = torch.bmm(p, q[:, :, None])[:, :, 0].float().cpu()
     return out
 
 
