@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from label_propagation import lscpu  # noqa: E402
 
 SETTINGS = {"budget (default)": [], "old default: 2 threads + 1 worker": ["--threads", "2", "--workers", "1"]}
-BUSY = "import torch; torch.set_num_threads(2); a = torch.randn(1500, 1500); [a @ a for _ in iter(int, 1)]"
+BUSY = "import torch; torch.set_num_threads(2); a = torch.randn(1500, 1500); b = a.clone()\nwhile True: torch.mm(a, a, out=b)"
 
 
 def adapt(out: Path, cache: Path, epochs: int, extra: list[str]) -> dict:
@@ -42,10 +42,11 @@ def main() -> None:
     parser.add_argument("--busy", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "threads.json")
+    parser.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: a fresh one)")
     args = parser.parse_args()
     records = []
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp, "cache")
+        cache = args.cache or Path(tmp, "cache")
         adapt(Path(tmp, "warm"), cache, 1, [])  # fills the feature cache
         for busy in args.busy:
             for name, extra in SETTINGS.items():

@@ -127,6 +127,7 @@ class FaissFlat(TorchFlat):
 
     def __init__(self, x: torch.Tensor) -> None:
         super().__init__(x)
+        faiss.omp_set_num_threads(torch.get_num_threads())  # within reclip.runtime's budget
         self.data = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         self.index = faiss.IndexFlatIP(self.data.shape[1])
         self.index.add(self.data)
@@ -315,6 +316,7 @@ class FaissIVF(TorchIVF):
 
     def __init__(self, x: torch.Tensor, centroids: torch.Tensor, lists: torch.Tensor, probes: torch.Tensor) -> None:
         super().__init__(x, centroids, lists, probes)
+        faiss.omp_set_num_threads(torch.get_num_threads())
         self.data = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         quantizer = faiss.IndexFlatIP(x.shape[1])
         quantizer.add(np.ascontiguousarray(centroids.cpu().numpy(), dtype=np.float32))

@@ -493,7 +493,8 @@ def _graph_coordinates(features: torch.Tensor, basis: torch.Tensor | None) -> to
 def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` in float32, computed in float64: how many threads share the sums (and in which
     order they add) cannot change the rounded result, so the graph is the same at any thread count."""
-    return (a.double() @ b.double()).float()
+    b = b.double()
+    return torch.cat([(a[rows].double() @ b).float() for rows in _row_chunks(a.shape[0])])
 
 
 def _centroids(classes: torch.Tensor, images: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
