@@ -15,9 +15,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors import safe_open
 
 import reclip
-from reclip import distributed
+from reclip import distributed, precision
 from reclip.features import encode_dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -83,6 +84,30 @@ def labels_of(out: Path) -> list[tuple[str, str]]:
         return [(r["index"], r["pred"]) for r in csv.DictReader(f)]
 
 
+def kill_launch(proc: subprocess.Popen) -> None:
+    """SIGKILL a torchrun launch and its workers, which torchrun starts in sessions of their own
+    (killing torchrun's process group alone leaves them running, writing to the output folder)."""
+    children = [int(c) for task in Path(f"/proc/{proc.pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in children:
+        try:
+            os.killpg(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.time() + 30
+    while any(_alive(c) for c in children) and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
 @pytest.fixture
 def env(tmp_path):
     return {**os.environ, "PYTHONWARNINGS": "ignore", "RECLIP_CACHE": str(tmp_path / "cache")}
@@ -106,6 +131,11 @@ def test_two_processes_match_one(domain, tmp_path, env):
 
 
 def test_resume_a_two_process_checkpoint_in_one_process(domain, tmp_path, env):
+    """What holds across world sizes (README, "Scale out"): the resumed run continues the
+    checkpoint's epochs and state exactly; V's gradient sums are then added per rank, so its
+    weights differ from an uninterrupted one-process run in the last float32 bits. In float32
+    that leaves every prediction unchanged here; under bf16 autocast (native on AMX CPUs,
+    ``RECLIP_BF16=on`` anywhere) the rounding is amplified and a few may change class."""
     full, cut = tmp_path / "full", tmp_path / "cut"
     subprocess.run(adapt_cmd(domain, full, 1, "--epochs", "3"), check=True, capture_output=True, env=env, timeout=300)
     proc = subprocess.Popen(adapt_cmd(domain, cut, 2, "--epochs", "3"), stdout=subprocess.DEVNULL,
@@ -114,11 +144,20 @@ def test_resume_a_two_process_checkpoint_in_one_process(domain, tmp_path, env):
     deadline = time.time() + 240
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_launch(proc)
     assert ckpt.exists()
+    with safe_open(str(ckpt), "pt") as f:
+        saved = json.loads(f.metadata()["reclip"])
     resumed = subprocess.run(adapt_cmd(domain, cut, 1, "--epochs", "3", "--resume"), capture_output=True,
                              text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming after epoch" in resumed.stdout
-    assert labels_of(cut) == labels_of(full)
+    assert f"resuming after epoch {saved['epoch']}" in resumed.stdout
+    history = json.loads((cut / "metrics.json").read_text())["epochs"]
+    assert len(history) == 3 and history[: saved["epoch"]] == saved["history"]
+    uninterrupted, continued = labels_of(full), labels_of(cut)
+    assert [i for i, _ in continued] == [i for i, _ in uninterrupted]
+    if precision.uses_bf16("cpu"):
+        agree = sum(a == b for a, b in zip(continued, uninterrupted)) / len(uninterrupted)
+        assert agree >= 0.9  # measured: 94 of 96 on an AMX Xeon
+    else:
+        assert continued == uninterrupted

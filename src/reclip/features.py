@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 import warnings
@@ -25,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from . import __version__, distributed
+from . import __version__, distributed, runtime
 from .data.datasets import ImageDataset, collate
 from .fingerprint import image_state_fingerprint, tensors_fingerprint, weights_fingerprint
 from .errors import ReclipError
@@ -54,7 +53,7 @@ class Features:
 
 
 def default_workers() -> int:
-    return min(4, (os.cpu_count() or 1) - 1)
+    return runtime.budget()[1]
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:

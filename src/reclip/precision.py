@@ -7,10 +7,21 @@ The norm parameters and the SGD master weights stay float32 either way. Frozen f
 
 Measured on 2 cores of a Xeon with AMX (EfficientNet-Lite0, 224 px, batch 64, channels_last):
 float32 forward 31 images/s, train step 13; bf16 forward 52, train step 20.
+
+``RECLIP_BF16`` in the environment overrides the choice: ``on`` (bf16 autocast on every
+CUDA or CPU device, emulated and slow where it is not native: how the tests exercise the
+bf16 path on any CPU), ``off`` (float32 everywhere) or ``auto`` (the default, as above).
 """
 from __future__ import annotations
 
+import os
+
 import torch
+
+from .errors import ReclipError
+
+BF16_ENV = "RECLIP_BF16"
+BF16_CHOICES = ("auto", "on", "off")
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -26,10 +37,22 @@ def native_bf16(device: torch.device | str) -> bool:
     return False
 
 
-def autocast(device: torch.device | str) -> torch.autocast:
-    """bf16 autocast on ``device`` when it is native there, a no-op context otherwise."""
+def uses_bf16(device: torch.device | str) -> bool:
+    """Whether training and V's re-encoding on ``device`` run under bf16 autocast: where it is
+    native, unless ``RECLIP_BF16`` forces it ``on`` or ``off``."""
+    choice = os.environ.get(BF16_ENV, "auto").strip().lower() or "auto"
+    if choice not in BF16_CHOICES:
+        raise ReclipError(f"{BF16_ENV} must be one of {', '.join(BF16_CHOICES)}, got {choice!r}")
     device = torch.device(device)
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=native_bf16(device))
+    if choice == "auto":
+        return native_bf16(device)
+    return choice == "on" and device.type in ("cuda", "cpu")
+
+
+def autocast(device: torch.device | str) -> torch.autocast:
+    """bf16 autocast on ``device`` when :func:`uses_bf16` says so, a no-op context otherwise."""
+    device = torch.device(device)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device))
 
 
 def full_precision(device: torch.device | str) -> torch.autocast:

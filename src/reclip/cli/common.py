@@ -16,7 +16,7 @@ from ..models.base import DualEncoder
 from ..models.factory import check_device, check_model, load_model
 
 # the settings that every command reading images has (the data group); the rest is the method group
-DATA_SETTINGS = ("batch_size", "workers", "cache")
+DATA_SETTINGS = ("batch_size", "workers", "threads", "cache")
 FIELDS: dict[str, Field] = {f.name: f for f in fields(ReclipConfig)}
 # library parameters that are not ReclipConfig fields and whose flag is not --<name with dashes>
 OTHER_FLAGS = {"spec": "--model", "root": "--data-root"}

@@ -95,7 +95,8 @@ class ReclipConfig:
     Training: epochs, epoch_max, batch_size, lr_v, lr_t, momentum, weight_decay, v_loss,
       v_graph, v_tower, t_template, agreement_filter, pseudo_labels, seed.
     Safeguard (reclip mode): safeguard, safeguard_gain, calibrate.
-    Runtime (how fast, never what): workers, cache.
+    Runtime (how fast, never what): workers, threads (chosen together within the cores this
+      process may use: ``reclip.runtime.budget``), cache.
     """
 
     mode: str = setting("reclip", "run", "reclip (both branches), v-only, t-only, transductive (label propagation "
@@ -115,8 +116,8 @@ class ReclipConfig:
     cut_dim: int | None = setting(None, "propagation", "projection rank r (default: D, or 250 above 500 classes "
                                   "as the authors' ImageNet runs)", int, PROPAGATING)
     knn: str = setting("exact", "propagation", "exact or approximate k-NN graph", str, TRANSDUCTIVE)
-    knn_backend: str | None = setting(None, "propagation", "k-NN library (default: the faster one on this machine, "
-                                      "measured)", str, PROPAGATING)
+    knn_backend: str | None = setting(None, "propagation", "k-NN library, torch or faiss (default: torch); "
+                                      "every backend gives the same graph", str, PROPAGATING)
     image_edges: str = setting("auto", "propagation", "label-propagation graph: image-image similarities in the "
                                "projection space (projected, the paper's) or of the full features (full); default "
                                "auto: projected on CLIP-family models, full on the bridge", str, PROPAGATING)
@@ -147,7 +148,10 @@ class ReclipConfig:
                               "makes their mean equal label propagation's mean confidence on the frozen model)",
                               bool, ("reclip",))
     seed: int = setting(0, "training", "shuffling and initialisation seed")
-    workers: int | None = setting(None, "runtime", "data-loading processes (default: cores - 1, at most 4)", int)
+    workers: int | None = setting(None, "runtime", "data-loading processes (default: with --threads, within the "
+                                  "cores this process may use)", int)
+    threads: int | None = setting(None, "runtime", "torch's intra-op threads (default: the cores this process may "
+                                  "use, less the workers)", int)
     cache: bool = setting(True, "runtime", "do not read or write the image-feature cache")
 
     def __post_init__(self) -> None:
@@ -163,6 +167,7 @@ class ReclipConfig:
         _integer(self, "cut_dim", minimum=2, optional=True)
         self.seed = checks.seed(self.seed, error=ConfigError)
         _integer(self, "workers", minimum=0, optional=True)
+        _integer(self, "threads", minimum=1, optional=True)
         _number(self, "lr_v", 0.0, 10.0)
         _number(self, "lr_t", 0.0, 10.0)
         _number(self, "weight_decay", 0.0, 1.0, high_open=True)

@@ -22,12 +22,15 @@ Pipeline of :func:`label_propagation`:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as nnf
 
 from reclip.errors import ReclipError
-from reclip.method.knn import Neighbours, check_knn_options, knn_search, torch_threads
+from reclip.method.knn import Neighbours, best_first, check_knn_options, knn_search, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +47,15 @@ ArrayLike = torch.Tensor | np.ndarray
 
 #: A projected node whose norm is at most this fraction of its input norm is a zero node.
 ZERO_NORM_RTOL = 1e-6
-#: Class columns solved together: as many as keep one (n x block) float32 CG array within
-#: CG_CACHE_BYTES, so the sparse product's scattered row reads hit the cache (measured at
-#: N = 51,000, C = 1,000: 4.0 s with 32-64 columns per block, 9.6 s with all 1,000), but
-#: at least MIN_CG_BLOCK (larger graphs gain nothing from narrower blocks: at N = 1M, 32
-#: and 100 columns took the same time) and at most MAX_CG_BLOCK.
-CG_CACHE_BYTES = 8 << 20
-MIN_CG_BLOCK = 32
+#: Class columns solved together: as many as keep one (n x block) float32 CG array within one
+#: core's L2 cache, read from sysfs (:func:`core_cache_bytes`; CORE_CACHE_FALLBACK where it is
+#: not reported), so the sparse product's scattered row reads stay in that core's cache, but at
+#: least MIN_CG_BLOCK and at most MAX_CG_BLOCK. Measured at N = 51,000 on a Xeon with 2 MiB
+#: of L2 per core, one thread, per 1,000 columns: 16 columns 10.1 s, 32 12.1 s, 64 15.3 s,
+#: 256 18.8 s, 1,000 24.9 s (load 10); on the AMD EPYC 32-64 columns 4.0 s, 1,000 9.6 s.
+CORE_CACHE_FALLBACK = 1 << 20
+MIN_CG_BLOCK = 8
 MAX_CG_BLOCK = 1024
-#: CPU solves whose (n x block) arrays are at most this size run on one thread, like
-#: the small SVD of the projection: they gain nothing from more threads, and on a busy
-#: machine every parallel region can cost milliseconds of waiting (measured on 2
-#: shared cores: CG 75x and a 768 x 1000 SVD 50x slower with 2 threads than with 1).
-SINGLE_THREAD_ELEMENTS = 1 << 20
 #: Where image-image similarities are taken (``label_propagation``'s ``image_edges``).
 IMAGE_EDGES = ("projected", "full")
 #: Rows per chunk when reducing over N x D or N x C arrays.
@@ -84,11 +83,7 @@ class PropagationResult:
         iterations: most CG iterations run by any class column.
         converged: number of class columns whose residual reached ``tol``.
         timings: seconds per stage: ``graph`` (projection + k-NN + adjacency),
-            ``knn`` (search incl. recall measurement), ``solve``, ``total``; when the
-            k-NN backend was chosen by a probe in this call, also ``knn_probe_torch``
-            and ``knn_probe_faiss``: the seconds each took on the probe queries that
-            were compared (for exact torch search half its probe time, as its search
-            of all points computes each inner product once for two points).
+            ``knn`` (search incl. recall measurement), ``solve``, ``total``.
     """
 
     labels: torch.Tensor
@@ -176,9 +171,9 @@ def label_propagation(
     or 0. Same-sign nodes have affinity 1, opposite-sign nodes 0, zero nodes 1/2 to
     all; the two class nodes have opposite signs (unless their embeddings are
     parallel), so an image takes the class on its side of the hyperplane orthogonal
-    to e, provided its graph component reaches a class node. With that many ties,
-    which of the tied neighbours are kept depends on the search backend; the results
-    are finite either way.
+    to e, provided its graph component reaches a class node. Tied neighbours are kept
+    by smaller index (:mod:`reclip.method.knn`), so the result is the same from every
+    backend.
     In general, nodes whose kept edges all have affinity 0 have degree 0: their rows
     of Wn are zero (no NaN/inf), and an image with no path to a class node gets an
     all-zero score row, label 0 and confidence 0.
@@ -195,9 +190,8 @@ def label_propagation(
         knn: ``"exact"`` (blocked matmul + top-k, or FAISS IndexFlatIP) or ``"approx"``
             (IVF with nprobe calibrated to a recall target, exact search when IVF
             cannot reach it cheaply; recall measured on a sample, logged and returned).
-        knn_backend: ``"torch"`` or ``"faiss"`` forces the k-NN backend; None picks
-            the faster one by a short timed probe, cached for the process (torch
-            without a probe on CUDA); see :mod:`reclip.method.knn`.
+        knn_backend: ``"torch"`` or ``"faiss"``; None: torch. Every backend gives the
+            same graph and so the same result (see :mod:`reclip.method.knn`).
         image_edges: ``"projected"`` (every similarity in the projection space, the
             paper's graph) or ``"full"``: the similarity of two images is the cosine of
             their full (unprojected) features; every similarity involving a class node
@@ -244,7 +238,7 @@ def label_propagation(
     knn_seconds = time.perf_counter() - knn_start
     del nodes
     weights = _normalised_weights(neighbours.indices, neighbours.similarities)
-    backend, knn_recall, probe = neighbours.backend, neighbours.recall, neighbours.probe_seconds
+    backend, knn_recall = neighbours.backend, neighbours.recall
     del neighbours
     order = reverse_cuthill_mckee(weights, symmetric_mode=True)
     weights = weights[order][:, order]
@@ -270,7 +264,6 @@ def label_propagation(
         "knn": knn_seconds,
         "solve": done - graph_done,
         "total": done - start,
-        **{f"knn_probe_{name}": seconds for name, seconds in probe.items()},
     }
     logger.info(
         "label propagation N=%d C=%d k=%d knn=%s (%s): graph %.2fs (k-NN %.2fs), solve %.2fs, total %.2fs",
@@ -308,29 +301,25 @@ def _full_image_edge_neighbours(nodes: torch.Tensor, images: torch.Tensor, k: in
     class_top = min(k, num_classes)
     rows_idx, rows_sims = [], []
     for rows in _row_chunks(len(images)):
-        sims, idx = (projected[rows] @ classes.T).topk(class_top, dim=1)
-        merged_sims = torch.cat([sims, image_sims[rows]], dim=1)
-        merged_idx = torch.cat([idx, image_idx[rows]], dim=1)
-        top_sims, pos = merged_sims.topk(min(k, merged_sims.shape[1]), dim=1)
-        rows_idx.append(merged_idx.gather(1, pos))
-        rows_sims.append(top_sims)
+        sims = _product(projected[rows], classes.T)
+        idx, sims = best_first(torch.arange(num_classes, device=nodes.device).expand_as(sims), sims, class_top)
+        top_idx_rows, top_sims_rows = best_first(torch.cat([idx, image_idx[rows]], dim=1),
+                                                 torch.cat([sims, image_sims[rows]], dim=1), k)
+        rows_idx.append(top_idx_rows)
+        rows_sims.append(top_sims_rows)
     top_sims = torch.empty(num_classes, 0, device=nodes.device)
     top_idx = torch.empty(num_classes, 0, dtype=torch.int64, device=nodes.device)
     for cols in _row_chunks(len(nodes)):
-        sims = classes @ nodes[cols].T
+        sims = _product(classes, nodes[cols].T)
         own = torch.arange(cols.start, min(cols.stop, num_classes), device=nodes.device)
         sims[own, own - cols.start] = -torch.inf  # no self loops
-        merged_sims = torch.cat([top_sims, sims], dim=1)
         columns = torch.arange(cols.start, cols.stop, device=nodes.device).expand_as(sims)
-        merged_idx = torch.cat([top_idx, columns], dim=1)
-        top_sims, pos = merged_sims.topk(min(k, merged_sims.shape[1]), dim=1)
-        top_idx = merged_idx.gather(1, pos)
+        top_idx, top_sims = best_first(torch.cat([top_idx, columns], dim=1), torch.cat([top_sims, sims], dim=1), k)
     indices = torch.cat([top_idx] + rows_idx).cpu()
     similarities = torch.cat([top_sims] + rows_sims).cpu()
     missing = torch.isinf(similarities)
     return Neighbours(indices.masked_fill(missing, -1), similarities.masked_fill(missing, 0.0).float(),
-                      among_images.recall, f"{among_images.backend} (full-space image edges)",
-                      among_images.probe_seconds)
+                      among_images.recall, f"{among_images.backend} (full-space image edges)")
 
 
 def normalised_adjacency(indices: torch.Tensor, similarities: torch.Tensor) -> torch.Tensor:
@@ -432,8 +421,12 @@ def _propagate(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Solve ``(I - alpha Wn) F = Y`` with ``Y[seeds[c], c] = 1`` and 0 elsewhere.
 
-    Classes are solved in blocks of about equal width (see ``CG_CACHE_BYTES``); small
-    CPU solves use one thread (see ``SINGLE_THREAD_ELEMENTS``).
+    Classes are solved in blocks of about equal width (see ``MIN_CG_BLOCK``). On the CPU the
+    blocks are spread over one Python thread per torch thread, each running torch
+    single-threaded: the thousands of small parallel regions of a multi-threaded solve each
+    waited for a descheduled thread when another process shared the cores (the solve took 5x
+    its idle time at N = 50k, C = 1,000 with one busy process on 2 cores). Each column's
+    arithmetic is the same at any thread count, so the result is too.
 
     Args:
         adjacency: (n x n) sparse CSR ``Wn`` on the compute device.
@@ -444,26 +437,44 @@ def _propagate(
     """
     num_nodes, num_classes = adjacency.shape[0], seeds.shape[0]
     device = adjacency.device
-    widest = max(MIN_CG_BLOCK, min(MAX_CG_BLOCK, CG_CACHE_BYTES // (4 * num_nodes)))
+    widest = max(MIN_CG_BLOCK, min(MAX_CG_BLOCK, core_cache_bytes() // (4 * num_nodes)))
     block = math.ceil(num_classes / math.ceil(num_classes / widest))
     scores = torch.empty(num_nodes, num_classes)
     iterations = torch.empty(num_classes, dtype=torch.int64)
     converged = torch.empty(num_classes, dtype=torch.bool)
 
-    def matvec(p: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(p, adjacency, p, alpha=-alpha)
+    def solve(first: int) -> None:
+        columns = torch.arange(first, min(first + block, num_classes))
+        rhs = torch.zeros(num_nodes, len(columns), device=device)
+        rhs[seeds[columns].to(device), torch.arange(len(columns), device=device)] = 1.0
+        result = conjugate_gradient(lambda p: torch.addmm(p, adjacency, p, alpha=-alpha), rhs,
+                                    max_iter=max_iter, tol=tol)
+        scores[:, columns] = result.solution.cpu()
+        iterations[columns] = result.iterations
+        converged[columns] = result.converged
 
-    small = device.type == "cpu" and num_nodes * block <= SINGLE_THREAD_ELEMENTS
-    with torch_threads(1 if small else torch.get_num_threads()):
-        for first in range(0, num_classes, block):
-            columns = torch.arange(first, min(first + block, num_classes))
-            rhs = torch.zeros(num_nodes, len(columns), device=device)
-            rhs[seeds[columns].to(device), torch.arange(len(columns), device=device)] = 1.0
-            result = conjugate_gradient(matvec, rhs, max_iter=max_iter, tol=tol)
-            scores[:, columns] = result.solution.cpu()
-            iterations[columns] = result.iterations
-            converged[columns] = result.converged
+    firsts = range(0, num_classes, block)
+    if device.type != "cpu":
+        for first in firsts:
+            solve(first)
+    else:  # one block per thread, each single-threaded: no thread ever waits for another
+        with ThreadPoolExecutor(min(torch.get_num_threads(), len(firsts))) as pool, torch_threads(1):
+            list(pool.map(solve, firsts))
     return scores, iterations, converged
+
+
+@functools.cache
+def core_cache_bytes() -> int:
+    """Bytes of the L2 cache of the first CPU core, from sysfs; ``CORE_CACHE_FALLBACK`` if unreported."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2" and (index / "type").read_text().strip() != "Instruction":
+                size = (index / "size").read_text().strip().upper()
+                units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+                return int(size.rstrip("KMG")) * units.get(size[-1], 1)
+        except (OSError, ValueError):
+            break
+    return CORE_CACHE_FALLBACK
 
 
 def _graph_coordinates(features: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
@@ -472,11 +483,18 @@ def _graph_coordinates(features: torch.Tensor, basis: torch.Tensor | None) -> to
     With a basis B (D x (r-1)) these are ``x B / ||x B||``; rows whose projected norm is
     at most ``ZERO_NORM_RTOL * ||x||`` become zero. Without a basis: ``x / ||x||``.
     """
-    coords = features if basis is None else features @ basis
+    coords = features if basis is None else _product(features, basis)
     norms = torch.linalg.vector_norm(coords, dim=1, keepdim=True)
     input_norms = norms if basis is None else torch.linalg.vector_norm(features, dim=1, keepdim=True)
     keep = norms > ZERO_NORM_RTOL * input_norms
     return torch.where(keep, coords / torch.where(keep, norms, 1.0), 0.0).contiguous()
+
+
+def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` in float32, computed in float64: how many threads share the sums (and in which
+    order they add) cannot change the rounded result, so the graph is the same at any thread count."""
+    b = b.double()
+    return torch.cat([(a[rows].double() @ b).float() for rows in _row_chunks(a.shape[0])])
 
 
 def _centroids(classes: torch.Tensor, images: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .. import checks, distributed, progress
+from .. import checks, distributed, progress, runtime
 from ..data.datasets import ImageDataset
 from ..data.prompts import get_templates
 from ..errors import ArgumentError, ReclipError
@@ -167,6 +167,7 @@ class _Run:
     def execute(self, out: Path | None, resume: bool) -> ReclipResult:
         config = self.config
         torch.manual_seed(config.seed)
+        runtime.apply(config.threads, config.workers)
         view = frozen_view(self.model, self.dataset, self.templates, batch_size=config.batch_size,
                            workers=config.workers, cache=config.cache)
         zero_shot = view.zero_shot

@@ -34,7 +34,8 @@ class LabelPropagation:
             return self._last[2]
         lp = label_propagation(features, classifier, **self.settings, device=self.device)
         result = Transduction(scores_to_probabilities(lp.scores), lp.labels, lp.centroids,
-                              {"k": lp.k, "knn_recall": lp.knn_recall, "timings": lp.timings})
+                              {"k": lp.k, "knn_backend": lp.knn_backend, "knn_recall": lp.knn_recall,
+                               "timings": lp.timings})
         self._last = (features, classifier, result)
         return result
 
