@@ -19,6 +19,16 @@ Pipeline of :func:`label_propagation`:
    reverse Cuthill-McKee order, so neighbours sit close in memory (3x faster sparse
    products at N = 1M), and the scores are put back in node order afterwards.
 5. Labels, confidences and centroids from F.
+
+Degenerate graphs. With C = 2 the projection space is 1-D, so every node becomes +e, -e or
+0: same-sign nodes have affinity 1, opposite-sign nodes 0, zero nodes 1/2 to all (a node
+whose projection has norm <= ``ZERO_NORM_RTOL`` times its input norm becomes the zero
+vector); the two class nodes have opposite signs (unless their embeddings are parallel), so
+an image takes the class on its side of the hyperplane orthogonal to e, provided its graph
+component reaches a class node. Tied neighbours are kept by smaller index
+(:mod:`reclip.method.knn`), so the result is the same from every backend. Nodes whose kept
+edges all have affinity 0 have degree 0: their rows of Wn are zero (no NaN/inf), and an image
+with no path to a class node gets an all-zero score row, label 0 and confidence 0.
 """
 from __future__ import annotations
 
@@ -144,39 +154,12 @@ def projection(class_embeddings: ArrayLike, cut_dim: int | None = None) -> torch
     return left[:, 1:rank].float().contiguous()
 
 
-def label_propagation(
-    image_features: ArrayLike,
-    class_embeddings: ArrayLike,
-    *,
-    k: int = 20,
-    alpha: float = 0.99,
-    cut_dim: int | None = None,
-    project: bool = True,
-    max_iter: int = 20,
-    tol: float = 1e-6,
-    knn: str = "exact",
-    knn_backend: str | None = None,
-    image_edges: str = "projected",
-    device: str | torch.device | None = None,
-) -> PropagationResult:
-    """Pseudo labels of N images by label propagation from C class nodes (docs/method.md, steps 1-2).
-
-    Inputs are L2-normalised first (zero rows stay zero). Nodes are the C class
-    embeddings followed by the N images, projected by ``P = B B^T`` (see
-    :func:`projection`; skipped when ``project=False``) and L2-normalised. A node
-    whose projection has norm <= ``ZERO_NORM_RTOL`` times its input norm becomes the
-    zero vector: its affinity to every node is exactly 1/2.
-
-    Degenerate case C = 2: the projection space is 1-D, so every node becomes +e, -e
-    or 0. Same-sign nodes have affinity 1, opposite-sign nodes 0, zero nodes 1/2 to
-    all; the two class nodes have opposite signs (unless their embeddings are
-    parallel), so an image takes the class on its side of the hyperplane orthogonal
-    to e, provided its graph component reaches a class node. Tied neighbours are kept
-    by smaller index (:mod:`reclip.method.knn`), so the result is the same from every
-    backend.
-    In general, nodes whose kept edges all have affinity 0 have degree 0: their rows
-    of Wn are zero (no NaN/inf), and an image with no path to a class node gets an
-    all-zero score row, label 0 and confidence 0.
+def label_propagation(image_features: ArrayLike, class_embeddings: ArrayLike, *, k: int = 20, alpha: float = 0.99,
+                      cut_dim: int | None = None, project: bool = True, max_iter: int = 20, tol: float = 1e-6,
+                      knn: str = "exact", knn_backend: str | None = None, image_edges: str = "projected",
+                      device: str | torch.device | None = None) -> PropagationResult:
+    """Pseudo labels of N images by label propagation from C class nodes (docs/method.md,
+    steps 1-2; the module docstring gives the pipeline and the degenerate graphs).
 
     Args:
         image_features: (N x D) image features, torch tensor or numpy array.
@@ -185,28 +168,48 @@ def label_propagation(
         alpha: propagation weight in (0, 1).
         cut_dim: see :func:`projection` (the authors used 250 when C > 500).
         project: build the graph on projected features (False: only L2-normalise).
-        max_iter: CG iterations per class (the authors used 20).
-        tol: CG stopping rule per class, ``||r|| < tol * ||y||`` (scipy's ``rtol``).
-        knn: ``"exact"`` (blocked matmul + top-k, or FAISS IndexFlatIP) or ``"approx"``
-            (IVF with nprobe calibrated to a recall target, exact search when IVF
-            cannot reach it cheaply; recall measured on a sample, logged and returned).
+        max_iter, tol: CG iterations per class (the authors used 20) and stopping rule,
+            ``||r|| < tol * ||y||`` (scipy's ``rtol``).
+        knn: ``"exact"`` or ``"approx"`` (IVF with nprobe calibrated to a recall target;
+            recall measured on a sample, logged and returned): :mod:`reclip.method.knn`.
         knn_backend: ``"torch"`` or ``"faiss"``; None: torch. Every backend gives the
-            same graph and so the same result (see :mod:`reclip.method.knn`).
+            same graph and so the same result.
         image_edges: ``"projected"`` (every similarity in the projection space, the
-            paper's graph) or ``"full"``: the similarity of two images is the cosine of
-            their full (unprojected) features; every similarity involving a class node
-            stays in the projection space. Each node still keeps its top k of all others.
+            paper's graph) or ``"full"``: two images compare by the cosine of their full
+            features; similarities involving a class node stay in the projection space.
         device: where projection, torch k-NN search and the solve run; None: the
             device of ``image_features`` if it is a tensor, else the CPU.
 
-    Returns:
-        :class:`PropagationResult` with CPU tensors.
-
-    Raises:
-        ReclipError: on NaN/inf inputs, mismatched D, fewer than 2 classes, or invalid
-            options.
+    Returns :class:`PropagationResult` (CPU tensors); raises ``ReclipError`` on NaN/inf
+    inputs, mismatched D, fewer than 2 classes, or invalid options.
     """
     start = time.perf_counter()
+    images, classes, k = _checked_inputs(image_features, class_embeddings, k=k, alpha=alpha, max_iter=max_iter,
+                                         tol=tol, knn=knn, knn_backend=knn_backend, image_edges=image_edges,
+                                         device=device)
+    graph = _graph(images, classes, k, cut_dim, project, knn, knn_backend, image_edges)
+    graph_done = time.perf_counter()
+    scores, iterations, converged = _propagate(graph.adjacency, graph.position[:len(classes)], alpha=alpha,
+                                               max_iter=max_iter, tol=tol)
+    scores = scores[graph.position]
+    predictions = scores.argmax(dim=1)
+    done = time.perf_counter()
+    timings = {"graph": graph_done - start, "knn": graph.knn_seconds, "solve": done - graph_done, "total": done - start}
+    logger.info("label propagation N=%d C=%d k=%d knn=%s (%s): graph %.2fs (k-NN %.2fs), solve %.2fs, total %.2fs",
+                len(images), len(classes), k, knn, graph.backend, timings["graph"], graph.knn_seconds,
+                timings["solve"], timings["total"])
+    return PropagationResult(labels=predictions[len(classes):], scores=scores[len(classes):],
+                             confidence=_confidence(scores[len(classes):]),
+                             centroids=_centroids(classes, images, predictions.to(images.device)), k=k, knn=knn,
+                             knn_backend=graph.backend, knn_recall=graph.recall, iterations=int(iterations.max()),
+                             converged=int(converged.sum()), timings=timings)
+
+
+def _checked_inputs(image_features: ArrayLike, class_embeddings: ArrayLike, *, k: int, alpha: float, max_iter: int,
+                    tol: float, knn: str, knn_backend: str | None, image_edges: str,
+                    device: str | torch.device | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(N x D images, C x D L2-normalised classes, on ``device``; k clipped to the nodes), or
+    ``ReclipError`` naming the bad input or option."""
     _check_options(k=k, alpha=alpha, max_iter=max_iter, tol=tol)
     check_knn_options(knn, knn_backend)
     if image_edges not in IMAGE_EDGES:
@@ -215,20 +218,35 @@ def label_propagation(
         device = image_features.device if isinstance(image_features, torch.Tensor) else "cpu"
     images = _as_matrix(image_features, "image_features").to(device)
     classes = nnf.normalize(_as_matrix(class_embeddings, "class_embeddings").to(device), dim=1)
-    num_images, num_classes = images.shape[0], classes.shape[0]
     if images.shape[1] != classes.shape[1]:
-        raise ReclipError(
-            f"image_features have D={images.shape[1]} but class_embeddings have D={classes.shape[1]}; "
-            "both must come from the same model"
-        )
-    if num_classes < 2:
-        raise ReclipError(f"label propagation needs at least 2 classes, got {num_classes}")
-    num_nodes = num_images + num_classes
-    if k > num_nodes - 1:
-        warnings.warn(f"k={k} exceeds the {num_nodes - 1} other nodes; using k={num_nodes - 1}", stacklevel=2)
-        k = num_nodes - 1
+        raise ReclipError(f"image_features have D={images.shape[1]} but class_embeddings have D={classes.shape[1]}; "
+                          "both must come from the same model")
+    if len(classes) < 2:
+        raise ReclipError(f"label propagation needs at least 2 classes, got {len(classes)}")
+    others = len(images) + len(classes) - 1
+    if k > others:
+        warnings.warn(f"k={k} exceeds the {others} other nodes; using k={others}", stacklevel=3)
+        k = others
+    return images, classes, k
 
-    basis = projection(classes, cut_dim).to(device) if project else None
+
+@dataclass
+class _Graph:
+    """The normalised graph ``Wn`` as a torch CSR ``adjacency`` in reverse Cuthill-McKee
+    order, ``position`` of each node (classes first) in that order, the k-NN ``backend``
+    that ran, its ``recall`` (approximate search) and ``knn_seconds``."""
+
+    adjacency: torch.Tensor
+    position: torch.Tensor
+    backend: str
+    recall: float | None
+    knn_seconds: float
+
+
+def _graph(images: torch.Tensor, classes: torch.Tensor, k: int, cut_dim: int | None, project: bool, knn: str,
+           knn_backend: str | None, image_edges: str) -> _Graph:
+    """Steps 1-3 of the module docstring: projection, nodes, the sparse normalised k-NN graph."""
+    basis = projection(classes, cut_dim).to(images.device) if project else None
     nodes = torch.cat([_graph_coordinates(classes, basis), _graph_coordinates(images, basis)])
     knn_start = time.perf_counter()
     if image_edges == "full":
@@ -238,50 +256,13 @@ def label_propagation(
     knn_seconds = time.perf_counter() - knn_start
     del nodes
     weights = _normalised_weights(neighbours.indices, neighbours.similarities)
-    backend, knn_recall = neighbours.backend, neighbours.recall
-    del neighbours
     order = reverse_cuthill_mckee(weights, symmetric_mode=True)
     weights = weights[order][:, order]
     weights.sort_indices()
-    adjacency = _as_torch_csr(weights).to(device)
-    del weights
-    position = torch.empty(num_nodes, dtype=torch.int64)
-    position[torch.from_numpy(order.astype(np.int64))] = torch.arange(num_nodes)
-    graph_done = time.perf_counter()
-
-    scores, iterations, converged = _propagate(
-        adjacency, position[:num_classes], alpha=alpha, max_iter=max_iter, tol=tol
-    )
-    scores = scores[position]
-    predictions = scores.argmax(dim=1)
-    centroids = _centroids(classes, images, predictions.to(device))
-    image_scores = scores[num_classes:]
-    confidence = _confidence(image_scores)
-    done = time.perf_counter()
-
-    timings = {
-        "graph": graph_done - start,
-        "knn": knn_seconds,
-        "solve": done - graph_done,
-        "total": done - start,
-    }
-    logger.info(
-        "label propagation N=%d C=%d k=%d knn=%s (%s): graph %.2fs (k-NN %.2fs), solve %.2fs, total %.2fs",
-        num_images, num_classes, k, knn, backend, timings["graph"], knn_seconds, timings["solve"], timings["total"],
-    )
-    return PropagationResult(
-        labels=predictions[num_classes:],
-        scores=image_scores,
-        confidence=confidence,
-        centroids=centroids,
-        k=k,
-        knn=knn,
-        knn_backend=backend,
-        knn_recall=knn_recall,
-        iterations=int(iterations.max()),
-        converged=int(converged.sum()),
-        timings=timings,
-    )
+    position = torch.empty(weights.shape[0], dtype=torch.int64)
+    position[torch.from_numpy(order.astype(np.int64))] = torch.arange(weights.shape[0])
+    return _Graph(_as_torch_csr(weights).to(images.device), position, neighbours.backend, neighbours.recall,
+                  knn_seconds)
 
 
 def _full_image_edge_neighbours(nodes: torch.Tensor, images: torch.Tensor, k: int, knn: str,

@@ -82,20 +82,10 @@ def zero_shot_probs(image_features: torch.Tensor, classifier: torch.Tensor) -> t
     return torch.softmax(zero_shot_logits(image_features, classifier), dim=-1)
 
 
-def transclip(
-    image_features: torch.Tensor,
-    zero_shot: torch.Tensor | None = None,
-    *,
-    classifier: torch.Tensor | None = None,
-    k: int = 3,
-    lambda_: float = 1.0,
-    iterations: int = 10,
-    z_steps: int = 5,
-    init_confident: int = 8,
-    entropy_weight: float = ENTROPY_WEIGHT,
-    knn: str = "exact",
-    device: str | torch.device | None = None,
-) -> TransclipResult:
+def transclip(image_features: torch.Tensor, zero_shot: torch.Tensor | None = None, *,
+              classifier: torch.Tensor | None = None, k: int = 3, lambda_: float = 1.0, iterations: int = 10,
+              z_steps: int = 5, init_confident: int = 8, entropy_weight: float = ENTROPY_WEIGHT, knn: str = "exact",
+              device: str | torch.device | None = None) -> TransclipResult:
     """Transductive class probabilities of N images from their features and zero-shot predictions.
 
     Args:
@@ -123,24 +113,47 @@ def transclip(
     start = time.perf_counter()
     _check_options(k=k, lambda_=lambda_, iterations=iterations, z_steps=z_steps,
                    init_confident=init_confident, entropy_weight=entropy_weight, knn=knn)
-    device = torch.device(device) if device is not None else image_features.device
-    dtype = torch.float64 if image_features.dtype == torch.float64 else torch.float32
-    feats = nnf.normalize(_finite(image_features, "image_features").to(device, dtype), dim=1)
-    probs = _zero_shot(feats, zero_shot, classifier).to(device, dtype)
-    num_images = feats.shape[0]
-    if num_images < 2:
-        raise ReclipError(f"transclip needs at least 2 images, got {num_images}")
-    k = min(k, num_images - 1)
+    feats, probs = _inputs(image_features, zero_shot, classifier, device)
+    num_images, k = feats.shape[0], min(k, feats.shape[0] - 1)
 
     neighbours = knn_search(feats.float(), k, knn)
     affinity = _sparse_affinity(feats, neighbours.indices.to(device))
     symmetric = (affinity + affinity.t()).coalesce() * (1.0 / (2 * k))  # (W + W^T) / (2k)
     graph_done = time.perf_counter()
 
+    z, means, variance = _solve(feats, probs, symmetric, lambda_=lambda_, iterations=iterations, z_steps=z_steps,
+                                init_confident=init_confident, entropy_weight=entropy_weight)
+    done = time.perf_counter()
+
+    timings = {"knn": graph_done - start, "solve": done - graph_done, "total": done - start}
+    logger.info("transclip N=%d C=%d k=%d: graph %.2fs, %d z-blocks %.2fs",
+                num_images, probs.shape[1], k, timings["knn"], iterations + 1, timings["solve"])
+    return TransclipResult(probs=z.cpu(), labels=z.argmax(dim=1).cpu(), means=means.cpu(),
+                           variance=variance.cpu(), k=k, timings=timings)
+
+
+def _inputs(image_features: torch.Tensor, zero_shot: torch.Tensor | None, classifier: torch.Tensor | None,
+            device: str | torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N x D L2-normalised features, N x C zero-shot probabilities) on ``device`` (None: the
+    features'), float64 for float64 features, else float32; at least 2 images."""
+    device = torch.device(device) if device is not None else image_features.device
+    dtype = torch.float64 if image_features.dtype == torch.float64 else torch.float32
+    feats = nnf.normalize(_finite(image_features, "image_features").to(device, dtype), dim=1)
+    if feats.shape[0] < 2:
+        raise ReclipError(f"transclip needs at least 2 images, got {feats.shape[0]}")
+    return feats, _zero_shot(feats, zero_shot, classifier).to(device, dtype)
+
+
+def _solve(feats: torch.Tensor, probs: torch.Tensor, symmetric: torch.Tensor, *, lambda_: float, iterations: int,
+           z_steps: int, init_confident: int,
+           entropy_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The published iterations on (N x D) ``feats``, (N x C) zero-shot ``probs`` and the sparse
+    (W + W^T) / (2k) ``symmetric``: ``iterations + 1`` blocks of ``z_steps`` z-steps, the class
+    means and shared variance updated between blocks. Returns (z N x C, means C x D, variance D)."""
     log_prior = lambda_ * probs.clamp(min=PROB_FLOOR).log()
     z = probs
     means = initial_means(feats, probs, init_confident)
-    variance = torch.full((feats.shape[1],), 1.0 / feats.shape[1], device=device, dtype=dtype)
+    variance = torch.full((feats.shape[1],), 1.0 / feats.shape[1], device=feats.device, dtype=feats.dtype)
     for block in range(iterations + 1):
         mixture = gaussian_log_likelihood(feats, means, variance) / entropy_weight
         for _ in range(z_steps):
@@ -149,13 +162,7 @@ def transclip(
             break
         means = class_means(feats, z)
         variance = shared_variance(feats, z, means)
-    done = time.perf_counter()
-
-    timings = {"knn": graph_done - start, "solve": done - graph_done, "total": done - start}
-    logger.info("transclip N=%d C=%d k=%d: graph %.2fs, %d z-blocks %.2fs",
-                num_images, probs.shape[1], k, timings["knn"], iterations + 1, timings["solve"])
-    return TransclipResult(probs=z.cpu(), labels=z.argmax(dim=1).cpu(), means=means.cpu(),
-                           variance=variance.cpu(), k=k, timings=timings)
+    return z, means, variance
 
 
 def gaussian_log_likelihood(feats: torch.Tensor, means: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
