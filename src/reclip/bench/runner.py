@@ -49,7 +49,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "t-only": {"mode": "t-only"},
     "reclip-v-frozen": {"mode": "reclip", "v_tower": "frozen"},
     "reclip-v-train": {"mode": "reclip", "v_tower": "train"},
-    "reclip-v-text": {"mode": "reclip", "v_graph": "text"},
+    "reclip-v-centroids": {"mode": "reclip", "v_graph": "centroids"},
 }
 DEFAULT_METHODS = ("zero-shot", "transductive", "transclip", "reclip")
 PAPER_BENCHMARKS = ("cifar10", "cifar100", "imagenet", "caltech101", "dtd", "eurosat", "fgvc_aircraft", "food101",

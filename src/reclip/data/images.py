@@ -135,11 +135,6 @@ def scan_images(folder: Path) -> tuple[dict[str, list[str]], dict[str, int]]:
     return {key: sorted(paths) for key, paths in walk.found.items()}, skipped
 
 
-def list_images(folder: Path) -> list[str]:
-    """Every image file below ``folder`` (recursively, see ``walk_images``), sorted."""
-    return sorted(path for paths in walk_images(folder).values() for path in paths)
-
-
 def scan_class_folders(folder: Path) -> Source | None:
     """Read ``folder/<class>/**/<image>``: one class per sub-folder, in sorted order.
 
