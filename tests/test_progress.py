@@ -95,13 +95,20 @@ def test_quiet_silences_lines_and_bars(fake_clock, capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
-def test_the_heartbeat_reports_while_one_item_takes_long(monkeypatch, capsys):
+@pytest.fixture
+def heartbeat_clock(monkeypatch) -> "FakeClock":
+    """Plain lines (no terminal), a fast heartbeat and a fake clock that the test moves."""
     monkeypatch.setattr(progress_module, "_interactive", lambda: False)
     monkeypatch.setattr(progress_module, "_quiet", False)
     monkeypatch.setattr(progress_module, "HEARTBEAT_S", 0.01)
     clock = FakeClock()
     monkeypatch.setattr(progress_module, "_clock", clock)
     monkeypatch.setattr(progress_module, "_last_line", 0.0)
+    return clock
+
+
+def test_the_heartbeat_reports_while_one_item_takes_long(heartbeat_clock, capsys):
+    clock = heartbeat_clock
 
     def one_slow_item():
         clock.now = 25.0  # the item is 25 s into its work and still busy
@@ -115,13 +122,8 @@ def test_the_heartbeat_reports_while_one_item_takes_long(monkeypatch, capsys):
     assert "slow: 0/1 batches (0%), 25 s" in err
 
 
-def test_heartbeat_speaks_only_after_ten_silent_seconds(monkeypatch, capsys):
-    monkeypatch.setattr(progress_module, "_interactive", lambda: False)
-    monkeypatch.setattr(progress_module, "_quiet", False)
-    monkeypatch.setattr(progress_module, "HEARTBEAT_S", 0.01)
-    clock = FakeClock()
-    monkeypatch.setattr(progress_module, "_clock", clock)
-    monkeypatch.setattr(progress_module, "_last_line", 0.0)
+def test_heartbeat_speaks_only_after_ten_silent_seconds(heartbeat_clock, capsys):
+    clock = heartbeat_clock
     err = ""
     with progress_module.heartbeat("label propagation"):
         clock.now = 9.0
