@@ -3,25 +3,22 @@
 Points ``x`` are L2-normalised (n x d float32), so inner products are cosine similarities.
 A point is never its own neighbour, also when duplicates of it tie with it.
 
-A :class:`Backend` only proposes each query's top-``width`` candidates:
+A :class:`Backend` only proposes each query's top-``width`` candidates. ``"exact"``:
+``TorchFlat`` (blocked matmul + top-k, on the GPU for CUDA tensors) or FAISS ``IndexFlatIP``.
+``"approx"``: an inverted file of about ``4 sqrt(n)`` lists (FAISS spherical k-means) scanned
+by ``TorchIVF`` or by FAISS ``IndexIVFFlat`` on the same lists with the same probes; nprobe is
+the smallest whose recall on a seeded calibration sample reaches ``RECALL_TARGET +
+CALIBRATION_MARGIN``, the recall is then measured on another sample and nprobe raised
+``IVF_STEP_UP``-fold while it falls short (at most ``IVF_ATTEMPTS`` searches); beyond
+``IVF_MAX_PROBE_FRACTION`` of the lists, exact search runs instead (with a warning).
+``backend=None`` is torch, by rule: no copy of the points, the GPU, and an IVF scan 3-5x faster
+than FAISS's on the same lists (benchmarks/README.md).
 
-- ``"exact"``: ``TorchFlat`` (blocked matmul + top-k; on the GPU for CUDA tensors) or FAISS
-  ``IndexFlatIP`` (``FaissFlat``);
-- ``"approx"``: an inverted file of about ``4 sqrt(n)`` lists (FAISS spherical k-means) scanned
-  by ``TorchIVF`` (one matmul per list, of the queries probing it) or FAISS ``IndexIVFFlat``
-  (``FaissIVF``) on the same lists with the same probes. nprobe is the smallest whose recall
-  on a seeded calibration sample reaches ``RECALL_TARGET + CALIBRATION_MARGIN``; the recall
-  is then measured on an independent sample and nprobe raised ``IVF_STEP_UP``-fold while it
-  falls short (at most ``IVF_ATTEMPTS`` searches). Beyond ``IVF_MAX_PROBE_FRACTION`` of the
-  lists, exact search runs instead (logged as a warning).
-
-``backend=None`` is torch, by rule: it needs no copy of the points, runs on the GPU, and its
-IVF scan was 3-5x faster than FAISS's on the same lists (benchmarks/README.md). Whatever
-proposed them, the neighbours kept are the same (:func:`_settle`): their similarities are
-recomputed in one fixed way (float64 products and sums, rounded to float32), ranked by
-(similarity descending, index ascending), and a query whose last candidate comes within the
-backends' rounding (``MARGIN_PER_DIM * d``) of its k-th neighbour is searched again with
-``WIDEN`` times the width until no unseen candidate can enter (all tied duplicates are seen).
+The neighbours kept never depend on what proposed them (:func:`_settle`): their similarities
+are recomputed in float64 and rounded to float32, ranked by (similarity descending, index
+ascending), and a query whose last candidate comes within the backends' rounding
+(``MARGIN_PER_DIM * d``) of its k-th neighbour is searched again ``WIDEN`` times wider, until
+no unseen candidate can enter (all tied duplicates are then seen).
 """
 from __future__ import annotations
 
@@ -117,12 +114,11 @@ class FaissFlat(Backend):
 
 
 class TorchIVF(Backend):
-    """Every point in its list (``lists``, n); query i scans the lists ``probes[i]`` (n x
-    nprobe), one matmul per list for the queries probing it, one list per CPU thread, in two
-    passes: each query's first lists (about ``IVF_BOUND_POINTS_PER_WIDTH * width`` points) give
-    its top-``width`` there, whose last similarity bounds the final width-th from below; then
-    every probed list keeps what reaches the bound (a compare instead of a top-k per (query,
-    list), which cost 3x the matmul on the CPU)."""
+    """Point i in list ``lists[i]``; query i scans the lists ``probes[i]`` (n x nprobe) by one
+    matmul per list (of the queries probing it), one list per CPU thread, in two passes: each
+    query's first lists (about ``IVF_BOUND_POINTS_PER_WIDTH * width`` points) bound its
+    width-th similarity from below, then every probed list keeps what reaches the bound (a
+    compare instead of a top-k per (query, list), which cost 3x the matmul)."""
 
     name = "torch-ivf"
 
@@ -157,7 +153,8 @@ class TorchIVF(Backend):
             sims = queries[rows] @ self.points[begin:end].T
             if bound is None:
                 top = torch.topk(sims, min(width, end - begin), dim=1).indices
-                hit_row, hit_col = torch.arange(len(rows), device=sims.device).repeat_interleave(top.shape[1]), top.flatten()
+                hit_row = torch.arange(len(rows), device=sims.device).repeat_interleave(top.shape[1])
+                hit_col = top.flatten()
             else:
                 hit_row, hit_col = (sims >= bound[rows, None]).nonzero(as_tuple=True)
             return rows[hit_row], self.order[begin + hit_col], sims[hit_row, hit_col]
@@ -231,13 +228,10 @@ def _settle(x: torch.Tensor, ids: torch.Tensor, k: int, backend: Backend) -> Res
 
 
 def _ranked(x: torch.Tensor, ids: torch.Tensor, idx: torch.Tensor, k: int) -> Result:
-    """Best k of each row's candidates (q x w indices, -1 for none), self dropped, by exact
-    similarity (:func:`best_first`); -1 and -inf where fewer than k."""
+    """Best k of each row's candidates (q x w indices, w > k, -1 for none), self dropped, by
+    exact similarity (:func:`best_first`); -1 and -inf where fewer than k."""
     sims = _exact_similarities(x, ids, idx).masked_fill((idx == ids[:, None]) | (idx < 0), -torch.inf)
     idx, sims = best_first(idx, sims, k)
-    if idx.shape[1] < k:
-        idx = torch.cat([idx, idx.new_full((len(idx), k - idx.shape[1]), -1)], dim=1)
-        sims = torch.cat([sims, sims.new_full((len(sims), k - sims.shape[1]), -torch.inf)], dim=1)
     return idx.masked_fill(sims == -torch.inf, -1), sims
 
 
@@ -258,7 +252,7 @@ def _best_per_query(query: torch.Tensor, point: torch.Tensor, sim: torch.Tensor,
     rank = torch.arange(width, device=query.device)
     present = rank < counts[:, None]
     if not len(query):
-        return torch.full(present.shape, -1, device=query.device), torch.full(present.shape, -torch.inf, device=query.device)
+        return torch.where(present, 0, -1), torch.where(present, 0.0, -torch.inf)
     order = torch.argsort(sim, descending=True, stable=True)
     order = order[torch.argsort(query[order], stable=True)]  # by query, best first within each
     picked = order[((counts.cumsum(0) - counts)[:, None] + rank).clamp(max=len(order) - 1)]
@@ -318,7 +312,7 @@ def _ivf_search(x: torch.Tensor, k: int, backend: str | None) -> Neighbours:
 
 
 def _kmeans(x: torch.Tensor, num_lists: int) -> np.ndarray:
-    """(L x d) float32 unit centroids: FAISS spherical k-means, ``KMEANS_ITERATIONS`` on a seeded sample of ``x``."""
+    """(L x d) float32 unit centroids: FAISS spherical k-means on a seeded sample of ``x``."""
     train = _numpy(x[_sample(x.shape[0], num_lists * IVF_TRAIN_POINTS_PER_LIST, KMEANS_SEED).to(x.device)])
     kmeans = faiss.Kmeans(x.shape[1], num_lists, niter=KMEANS_ITERATIONS, spherical=True, seed=KMEANS_SEED,
                           min_points_per_centroid=1, max_points_per_centroid=IVF_TRAIN_POINTS_PER_LIST)
