@@ -38,7 +38,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +48,8 @@ import torch
 import torch.nn.functional as nnf
 
 from reclip.errors import ReclipError
-from reclip.method.knn import Neighbours, best_first, check_knn_options, knn_search, torch_threads
+from reclip.method.knn import Neighbours, best_first, check_knn_options, knn_search
+from reclip.runtime import map_single_threaded, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -439,8 +439,7 @@ def _propagate(
         for first in firsts:
             solve(first)
     else:  # one block per thread, each single-threaded: no thread ever waits for another
-        with ThreadPoolExecutor(min(torch.get_num_threads(), len(firsts))) as pool, torch_threads(1):
-            list(pool.map(solve, firsts))
+        map_single_threaded(solve, firsts)
     return scores, iterations, converged
 
 

@@ -194,7 +194,9 @@ def epoch_signals(config: ReclipConfig, frozen: Features, f_v: torch.Tensor, h: 
                    "head_agreement": head_agreement(frozen.features, f_v, h.t_classifier, h.v_classifier)}
     if bool(known.any()):
         stats.update(branch_accuracies(frozen.features, f_v, h, labels, logits))
-    labels_t, labels_v = branch_pseudo_labels(config, frozen.features, f_v, h, propagate)
+    labels_t, labels_v, graphs = branch_pseudo_labels(config, frozen.features, f_v, h, propagate)
+    if graphs:
+        stats["knn_backend"] = graphs
     if posterior is not None:  # the safeguard's second signal, as it stands before this pass
         stats["estimated_gain"] = estimated_gain(posterior, logits.argmax(dim=-1),
                                                  zero_shot_predictions(frozen.features, h))
@@ -209,8 +211,10 @@ def epoch_signals(config: ReclipConfig, frozen: Features, f_v: torch.Tensor, h: 
 
 
 def branch_pseudo_labels(config: ReclipConfig, f_frozen: torch.Tensor, f_v: torch.Tensor, heads: Heads,
-                         propagate: Transducer) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(T's, V's) pseudo labels (N,) for this epoch; None for a branch that takes no part.
+                         propagate: Transducer) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, str]]:
+    """(T's, V's) pseudo labels (N,) for this epoch, None for a branch that takes no part, and
+    the k-NN backend that built each branch's graph ({"t": ..., "v": ...}, as recorded by the
+    transducer; empty without propagation).
 
     ``pseudo_labels="propagated"``: label propagation, T on the frozen features (N x D) with
     its full-template text embeddings as class nodes, V on its own features with its
@@ -221,13 +225,15 @@ def branch_pseudo_labels(config: ReclipConfig, f_frozen: torch.Tensor, f_v: torc
     if config.pseudo_labels == "zero-shot":
         t = (f_frozen @ heads.t_classifier.T).argmax(-1) if config.trains_t else None
         v = (f_v @ heads.v_classifier.T).argmax(-1) if config.uses_v else None
-        return t, v
+        return t, v, {}
     lp_t = propagate(f_frozen, heads.t_full) if config.trains_t else None
     v_nodes = heads.v_classifier if config.v_graph == "centroids" else heads.t_original
     lp_v = propagate(f_v, v_nodes) if config.uses_v else None
     if lp_v is not None:
         heads.v_classifier = lp_v.centroids.float().cpu()
-    return (lp_t.labels if lp_t is not None else None), (lp_v.labels if lp_v is not None else None)
+    graphs = {branch: lp.info["knn_backend"] for branch, lp in (("t", lp_t), ("v", lp_v))
+              if lp is not None and "knn_backend" in lp.info}
+    return (lp_t.labels if lp_t is not None else None), (lp_v.labels if lp_v is not None else None), graphs
 
 
 def zero_shot_predictions(f_frozen: torch.Tensor, heads: Heads) -> torch.Tensor:

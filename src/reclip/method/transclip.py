@@ -66,6 +66,7 @@ class TransclipResult:
         means: (C x D) L2-normalised class means mu.
         variance: (D,) diagonal of the shared covariance Sigma.
         k: neighbours per image actually used (k clipped to N - 1).
+        knn_backend: the k-NN search that built the graph (:class:`reclip.method.knn.Neighbours`).
         timings: seconds per stage: ``knn`` (graph), ``solve`` (BMM blocks), ``total``.
     """
 
@@ -74,6 +75,7 @@ class TransclipResult:
     means: torch.Tensor
     variance: torch.Tensor
     k: int
+    knn_backend: str
     timings: dict[str, float]
 
 
@@ -129,7 +131,7 @@ def transclip(image_features: torch.Tensor, zero_shot: torch.Tensor | None = Non
     logger.info("transclip N=%d C=%d k=%d: graph %.2fs, %d z-blocks %.2fs",
                 num_images, probs.shape[1], k, timings["knn"], iterations + 1, timings["solve"])
     return TransclipResult(probs=z.cpu(), labels=z.argmax(dim=1).cpu(), means=means.cpu(),
-                           variance=variance.cpu(), k=k, timings=timings)
+                           variance=variance.cpu(), k=k, knn_backend=neighbours.backend, timings=timings)
 
 
 def _inputs(image_features: torch.Tensor, zero_shot: torch.Tensor | None, classifier: torch.Tensor | None,

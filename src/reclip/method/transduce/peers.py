@@ -52,4 +52,5 @@ class TransCLIP:
 
     def __call__(self, features: torch.Tensor, classifier: torch.Tensor) -> Transduction:
         result = transclip(features, classifier=classifier, k=self.k, knn=self.knn, device=self.device)
-        return Transduction(result.probs.float(), result.labels, None, {"k": result.k, "timings": result.timings})
+        info = {"k": result.k, "knn_backend": result.knn_backend, "timings": result.timings}
+        return Transduction(result.probs.float(), result.labels, None, info)
