@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 #: EM and mass normalisation stop when no proportion moves by more than this, or after MAX_ITERATIONS.
-TOLERANCE = 1e-7
-MAX_ITERATIONS = 2000
+TOLERANCE = 1e-6
+MAX_ITERATIONS = 1000
 #: floor on a proportion: an absent class keeps this much so that a weight stays finite
 FLOOR = 1e-8
 
@@ -59,3 +59,9 @@ def match_priors(posterior: torch.Tensor, priors: torch.Tensor, iterations: int 
         weights = weights * target / mean.clamp(min=FLOOR)
     adjusted = p * weights
     return (adjusted / adjusted.sum(dim=1, keepdim=True).clamp(min=1e-300)).float()
+
+
+def balanced_labels(posterior: torch.Tensor) -> torch.Tensor:
+    """(N,) classes of the N x C ``posterior`` (rows sum to 1) after ``match_priors`` to the
+    class proportions ``estimate_priors`` finds in it."""
+    return match_priors(posterior, estimate_priors(posterior)).argmax(dim=-1)

@@ -41,7 +41,9 @@ from ..progress import progress
 from .config import ReclipConfig
 from .heads import Heads, fuse, head_logits, text_heads
 from .safeguard import confidence_target, estimated_gain, head_agreement
-from .transduce.base import Transducer
+from .priors import balanced_labels
+from .propagation import class_centroids
+from .transduce.base import Transducer, Transduction
 from .transduce.peers import LabelPropagation
 from .zeroshot import LOGIT_SCALE, class_embeddings
 
@@ -238,19 +240,30 @@ def branch_pseudo_labels(config: ReclipConfig, f_frozen: torch.Tensor, f_v: torc
     ``pseudo_labels="propagated"``: label propagation, T on the frozen features (N x D) with
     its full-template text embeddings as class nodes, V on its own features with its
     classifier (``v_graph="centroids"``) or the original text embeddings as class nodes;
-    V's classifier then becomes V's centroids. ``"zero-shot"`` (an ablation): each branch's
-    own current prediction, no propagation, V's classifier unchanged.
+    V's classifier then becomes V's centroids (of its pseudo labels, ``propagated_labels``).
+    ``"zero-shot"`` (an ablation): each branch's own current prediction, no propagation, V's
+    classifier unchanged.
     """
     if config.pseudo_labels == "zero-shot":
         t = (f_frozen @ heads.t_classifier.T).argmax(-1) if config.trains_t else None
         v = (f_v @ heads.v_classifier.T).argmax(-1) if config.uses_v else None
         return t, v
-    lp_t = propagate(f_frozen, heads.t_full) if config.trains_t else None
+    labels_t = propagated_labels(propagate(f_frozen, heads.t_full), config) if config.trains_t else None
+    if not config.uses_v:
+        return labels_t, None
     v_nodes = heads.v_classifier if config.v_graph == "centroids" else heads.t_original
-    lp_v = propagate(f_v, v_nodes) if config.uses_v else None
-    if lp_v is not None:
-        heads.v_classifier = lp_v.centroids.float().cpu()
-    return (lp_t.labels if lp_t is not None else None), (lp_v.labels if lp_v is not None else None)
+    lp_v = propagate(f_v, v_nodes)
+    labels_v = propagated_labels(lp_v, config)
+    centroids = lp_v.centroids if config.class_balance == "off" else class_centroids(v_nodes, f_v, labels_v)
+    heads.v_classifier = centroids.float().cpu()
+    return labels_t, labels_v
+
+
+def propagated_labels(lp: Transduction, config: ReclipConfig) -> torch.Tensor:
+    """(N,) pseudo labels of a propagation: its labels (``class_balance="off"``, the paper's), or
+    the classes of its N x C probabilities moved to the class proportions estimated from them
+    (``"estimated"``, ``priors.balanced_labels``)."""
+    return lp.labels if config.class_balance == "off" else balanced_labels(lp.probs)
 
 
 def zero_shot_predictions(f_frozen: torch.Tensor, heads: Heads) -> torch.Tensor:
