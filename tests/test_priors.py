@@ -80,3 +80,45 @@ def test_two_class_value_by_hand():
     f = lambda a: 0.5 * (a * 0.9 / (a * 0.9 + (1 - a) * 0.1) + a * 0.4 / (a * 0.4 + (1 - a) * 0.6))  # noqa: E731
     assert f(pi) == pytest.approx(pi, abs=1e-6)
     assert 0.5 < pi < 1 and not math.isclose(pi, 0.65, abs_tol=1e-3)
+
+
+def test_balanced_labels_are_the_argmax_after_em_and_mass_normalisation():
+    from reclip.method.priors import balanced_labels
+
+    posterior, _ = bayes_posterior([0.7, 0.2, 0.1, 0.0], n=3000, seed=4)
+    expected = match_priors(posterior, estimate_priors(posterior)).argmax(dim=-1)
+    assert torch.equal(balanced_labels(posterior), expected)
+    assert int((balanced_labels(posterior) == 3).sum()) < int((posterior.argmax(dim=-1) == 3).sum())
+
+
+def test_class_balance_switch_in_the_loop():
+    from reclip.method.config import ReclipConfig
+    from reclip.method.heads import Heads
+    from reclip.method.priors import balanced_labels
+    from reclip.method.propagation import class_centroids, label_propagation
+    from reclip.method.selftrain import branch_pseudo_labels
+    from reclip.method.transduce.peers import LabelPropagation
+
+    generator = torch.Generator().manual_seed(5)
+    classes = torch.nn.functional.normalize(torch.randn(4, 16, generator=generator), dim=1)
+    sizes = [60, 25, 10, 5]
+    images = torch.cat([classes[c] + 0.6 * torch.randn(n, 16, generator=generator) for c, n in enumerate(sizes)])
+    images = torch.nn.functional.normalize(images, dim=1)
+    settings = {"k": 8, "alpha": 0.95, "cut_dim": None, "project": True, "knn": "exact", "knn_backend": None,
+                "image_edges": "full"}
+    lp = label_propagation(images, classes, **settings)
+    heads = lambda: Heads(v_classifier=classes.clone(), t_classifier=classes.clone(), t_full=classes.clone(),  # noqa: E731
+                          t_original=classes.clone())
+    for balance in ("off", "estimated"):
+        config = ReclipConfig(class_balance=balance).resolve(
+            __import__("reclip.method.config", fromlist=["PROFILES"]).PROFILES["apart"])
+        h = heads()
+        labels_t, labels_v = branch_pseudo_labels(config, images, images, h, LabelPropagation(settings))
+        if balance == "off":  # the paper's: label propagation's own labels and centroids
+            assert torch.equal(labels_t, lp.labels) and torch.equal(labels_v, lp.labels)
+            torch.testing.assert_close(h.v_classifier, lp.centroids)
+            torch.testing.assert_close(class_centroids(classes, images, lp.labels), lp.centroids)
+        else:
+            probs = LabelPropagation(settings)(images, classes).probs
+            assert torch.equal(labels_t, balanced_labels(probs)) and torch.equal(labels_v, labels_t)
+            torch.testing.assert_close(h.v_classifier, class_centroids(classes, images, labels_v))
