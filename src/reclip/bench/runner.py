@@ -50,9 +50,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "reclip-v-frozen": {"mode": "reclip", "v_tower": "frozen"},
     "reclip-v-train": {"mode": "reclip", "v_tower": "train"},
     "reclip-v-centroids": {"mode": "reclip", "v_graph": "centroids"},
-    "reclip-fused-average": {"mode": "reclip", "head_fusion": "average"},
     "reclip-fused-calibrated": {"mode": "reclip", "head_fusion": "calibrated"},
-    "reclip-balance-off": {"mode": "reclip", "class_balance": "off"},
     "reclip-balance-estimated": {"mode": "reclip", "class_balance": "estimated"},
 }
 DEFAULT_METHODS = ("zero-shot", "transductive", "transclip", "reclip")
