@@ -50,6 +50,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "reclip-v-frozen": {"mode": "reclip", "v_tower": "frozen"},
     "reclip-v-train": {"mode": "reclip", "v_tower": "train"},
     "reclip-v-centroids": {"mode": "reclip", "v_graph": "centroids"},
+    "reclip-fused-calibrated": {"mode": "reclip", "head_fusion": "calibrated"},
+    "reclip-balance-estimated": {"mode": "reclip", "class_balance": "estimated"},
 }
 DEFAULT_METHODS = ("zero-shot", "transductive", "transclip", "reclip")
 PAPER_BENCHMARKS = ("cifar10", "cifar100", "imagenet", "caltech101", "dtd", "eurosat", "fgvc_aircraft", "food101",

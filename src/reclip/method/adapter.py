@@ -3,7 +3,8 @@
 It holds V's image-tower norm affines, T's text-tower norm affines, V's centroid classifier
 (C x D), T's first-template class embeddings (C x D), any model state fitted on the target
 (the bridge's centring vector) and, as JSON metadata, the model spec, class names,
-templates, config and reclip version. Loading never unpickles anything.
+templates, config, the heads' fusion (its rule and per-head temperatures, so predict fuses
+them as the run did) and reclip version. Loading never unpickles anything.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from ..io import atomic_path
 from ..models.base import DualEncoder
 from ..precision import autocast
 from ..predictions import Predictions
-from .config import TRAINING_MODES
-from .heads import combined_logits
+from .config import CHOICES, TRAINING_MODES
+from .heads import Fusion, combined_logits
 from .weights import image_norms, load_into, read_safetensors
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -48,6 +49,11 @@ class Adapter:
     @property
     def mode(self) -> str:
         return self.meta["mode"]
+
+    @property
+    def fusion(self) -> Fusion:
+        """How the run fused its heads (``heads.Fusion``; the paper's average when not recorded)."""
+        return Fusion(**self.meta.get("fusion", {}))
 
     @property
     def temperature(self) -> float:
@@ -112,10 +118,10 @@ class AdaptedModel:
             return frozen, self.model.encode_image(images).cpu()
 
     def logits(self, f_frozen: torch.Tensor, f_v: torch.Tensor) -> torch.Tensor:
-        """N x C logits of the adapter's head (combined for ReCLIP, one branch otherwise),
-        divided by the run's calibration temperature."""
+        """N x C logits of the adapter's head (fused as the run fused them for ReCLIP, one branch
+        otherwise), divided by the run's calibration temperature."""
         a = self.adapter
-        return combined_logits(f_frozen, f_v, a.t_classifier, a.v_classifier, a.mode) / a.temperature
+        return combined_logits(f_frozen, f_v, a.t_classifier, a.v_classifier, a.mode, a.fusion) / a.temperature
 
     def predict(self, dataset: ImageDataset, batch_size: int = 64, workers: int | None = None) -> Predictions:
         """Classify the readable images of ``dataset`` into the adapter's classes.
@@ -182,9 +188,23 @@ def _check_adapter(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> 
                               f"{None if t is None else t.dtype}, expected {len(names)} x D floats; {fix}")
         if not bool(t.isfinite().all()):
             raise ReclipError(f"adapter {path}: {head} holds non-finite values; {fix}")
+    _check_fusion(path, meta.get("fusion", {}), fix)
     temperature = meta.get("temperature", 1.0)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
         raise ReclipError(f"adapter {path}: metadata 'temperature' must be a positive number; {fix}")
     dims = {tensors["head.v_classifier"].shape[1], tensors["head.t_classifier"].shape[1]}
     if len(dims) != 1:
         raise ReclipError(f"adapter {path}: the two heads have different widths {sorted(dims)}; {fix}")
+
+
+def _check_fusion(path: Path, fusion: object, fix: str) -> None:
+    """Refuse an adapter whose recorded head fusion is not a known rule with positive temperatures."""
+    rules = CHOICES["head_fusion"]
+    if not isinstance(fusion, dict) or set(fusion) - {"rule", "temperature_t", "temperature_v"} \
+            or fusion.get("rule", "average") not in rules:
+        raise ReclipError(f"adapter {path}: metadata 'fusion' must name a rule ({', '.join(rules)}) and the "
+                          f"heads' temperatures; {fix}")
+    for key in ("temperature_t", "temperature_v"):
+        value = fusion.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ReclipError(f"adapter {path}: metadata 'fusion' {key} must be a positive number; {fix}")

@@ -23,6 +23,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "knn_backend": (None, "torch", "faiss"),
     "image_edges": ("auto", "projected", "full"),
     "pseudo_labels": ("propagated", "zero-shot"),
+    "head_fusion": ("average", "calibrated"),
+    "class_balance": ("off", "estimated"),
 }
 MANY_CLASSES = 500      # above this many classes the projection keeps MANY_CLASSES_CUT_DIM dimensions
 MANY_CLASSES_CUT_DIM = 250
@@ -93,7 +95,7 @@ class ReclipConfig:
       training) or ``zero-shot`` (the prompt-ensemble baseline).
     Propagation: k, alpha, cut_dim, knn, knn_backend, image_edges, project.
     Training: epochs, epoch_max, batch_size, lr_v, lr_t, momentum, weight_decay, v_loss,
-      v_graph, v_tower, t_template, agreement_filter, pseudo_labels, seed.
+      v_graph, v_tower, t_template, agreement_filter, pseudo_labels, head_fusion, class_balance, seed.
     Safeguard (reclip mode): safeguard, safeguard_gain, calibrate.
     Runtime (how fast, never what): workers, threads (chosen together within the cores this
       process may use: ``reclip.runtime.budget``), cache.
@@ -138,6 +140,16 @@ class ReclipConfig:
                                      "only the agreed ones", bool, SELF_TRAINING)
     pseudo_labels: str = setting("propagated", "training", "ablation: zero-shot trains on each branch's own "
                                  "predictions instead of propagated labels", str, SELF_TRAINING)
+    # heads fused and classes kept in balance (docs/method.md, "Heads fused by what they know",
+    # "Classes kept in balance"); average and off are the paper's
+    head_fusion: str = setting("average", "training", "reclip mode: how T's and V's heads make the prediction: "
+                               "average (their logits, the paper's; default) or calibrated (each head's "
+                               "log-probabilities at its own temperature, fitted so its mean confidence equals "
+                               "label propagation's, then averaged)", str, ("reclip",))
+    class_balance: str = setting("off", "training", "pseudo labels: off (label propagation's argmax, the paper's; "
+                                 "default) or estimated (propagated posteriors moved to the class proportions "
+                                 "estimated by EM on them, so a rare class is not absorbed and an absent one not "
+                                 "forced in)", str, SELF_TRAINING)
     safeguard: float = setting(0.6, "safeguard", "reclip mode: keep the zero-shot predictions when T's and V's "
                                "heads agree on less than this share of the images at the end (chosen on dev "
                                "targets; 0: off)", float, ("reclip",))

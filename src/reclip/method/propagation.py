@@ -477,6 +477,13 @@ def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cat([(a[rows].double() @ b).float() for rows in _row_chunks(a.shape[0])])
 
 
+def class_centroids(classes: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(C x D) centroids as :func:`label_propagation` makes them, for given (N,) ``labels`` of the
+    (N x D) ``images``, each of the (C x D) ``classes`` nodes counted in its own class."""
+    nodes = torch.arange(classes.shape[0], device=labels.device)
+    return _centroids(classes, images, torch.cat([nodes, labels]).to(images.device))
+
+
 def _centroids(classes: torch.Tensor, images: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
     """(C x D) L2-normalised sums of the unit-norm features of the nodes of each class.
 

@@ -41,9 +41,9 @@ from .callbacks import Callback, check_callbacks
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import ReclipConfig, profile_for
 from .frozen import FrozenView, frozen_view
-from .heads import Heads, combine, head_logits
+from .heads import Fusion, Heads, fuse, head_logits
 from .result import OUTPUT_FILES, Passes, ReclipResult, RunInfo
-from .safeguard import Decision, SafeguardWarning, frozen_posterior, head_agreement, judge_run
+from .safeguard import Decision, SafeguardWarning, confidence_target, frozen_posterior, head_agreement, judge_run
 from .selftrain import RunState, adapt, branch_accuracies
 from .transduce.base import Transducer
 from .transduce.peers import LabelPropagation, TransCLIP
@@ -208,14 +208,15 @@ class _Run:
         state, f_v = self._train(view, out, resume, result.posterior)
         logits_t, logits_v = head_logits(view.features.features, f_v, state.heads.t_classifier,
                                          state.heads.v_classifier)
-        combined = combine(logits_t, logits_v, self.config.mode)
+        confidence = confidence_target(result.posterior) if result.posterior is not None else None
+        combined, fusion = fuse(logits_t, logits_v, self.config.mode, self.config.head_fusion, confidence)
         result.logits.update(t=logits_t, v=logits_v, combined=combined)
         result.predictions = view.predictions(combined.softmax(dim=-1))
         result.final_metrics = result.predictions.metrics()
         if result.final_metrics:
             result.final_metrics.update({k: v for k, v in branch_accuracies(
                 view.features.features, f_v, state.heads, view.features.labels, combined).items() if k != "top1"})
-        result.adapter = self._adapter(state.heads)
+        result.adapter = self._adapter(state.heads, fusion)
         result.history = state.history
         frozen_pass = 0.0 if view.features.from_cache else 1.0
         result.passes = Passes(state.passes_forward + frozen_pass, state.passes_backward)
@@ -251,9 +252,10 @@ class _Run:
                               optimizer_state=optimizer_state, posterior=posterior, propagate=self.stages.pseudo_labels)
         return state, f_v
 
-    def _adapter(self, heads: Heads) -> Adapter:
+    def _adapter(self, heads: Heads, fusion: Fusion) -> Adapter:
         model, config = self.model, self.config
         meta = adapter_meta(model, self.dataset.classnames, self.templates, config.mode, config.to_dict())
+        meta["fusion"] = fusion.as_dict()
         return Adapter(image_norms=snapshot(model.named_image_norm_parameters()) if config.trains_v else {},
                        text_norms=snapshot(model.named_text_norm_parameters()) if config.trains_t else {},
                        v_classifier=heads.v_classifier, t_classifier=heads.t_classifier,
@@ -270,7 +272,8 @@ class _Run:
             result.final_adapted, result.final_metrics = result.final_metrics, result.zero_shot_metrics
             result.predictions = result.zero_shot
             result.adapter = Adapter(image_norms={}, text_norms={}, v_classifier=view.classifier.clone(),
-                                     t_classifier=view.classifier, extra_state=adapter.extra_state, meta=adapter.meta)
+                                     t_classifier=view.classifier, extra_state=adapter.extra_state,
+                                     meta={**adapter.meta, "fusion": Fusion().as_dict()})
         else:
             adapter.meta["temperature"] = decision.temperature
             result.predictions = view.predictions((result.logits["combined"] / decision.temperature).softmax(dim=-1))

@@ -39,9 +39,11 @@ from ..errors import ReclipError
 from ..precision import autocast, full_precision
 from ..progress import progress
 from .config import ReclipConfig
-from .heads import Heads, combined_logits, text_heads
-from .safeguard import estimated_gain, head_agreement
-from .transduce.base import Transducer
+from .heads import Heads, fuse, head_logits, text_heads
+from .safeguard import confidence_target, estimated_gain, head_agreement
+from .priors import balanced_labels
+from .propagation import class_centroids
+from .transduce.base import Transducer, Transduction
 from .transduce.peers import LabelPropagation
 from .zeroshot import LOGIT_SCALE, class_embeddings
 
@@ -135,10 +137,11 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
     images = training_images(dataset, frozen, config)
     # V's features: the frozen ones until V has trained (a resumed run re-encodes them)
     f_v = evaluate_v(model, images, frozen, config, state) if config.trains_v and state.epoch > 0 else frozen.features
-    first_epoch = state.epoch
+    first_epoch, confidence = state.epoch, fusion_confidence(config, frozen.features, state.heads, propagate, posterior)
     for epoch in range(first_epoch, config.num_epochs(n)):
         start = time.perf_counter()
-        stats, pseudo_t, pseudo_v = epoch_signals(config, frozen, f_v, state.heads, propagate, posterior, epoch)
+        stats, pseudo_t, pseudo_v = epoch_signals(config, frozen, f_v, state.heads, propagate, posterior, epoch,
+                                                  confidence)
         # 3. one shuffled pass over the agreed samples (all samples without the agreement filter)
         train_start = time.perf_counter()
         stats.update(train_pass(model, images, classnames, frozen, pseudo_t, pseudo_v, state.heads, templates,
@@ -158,8 +161,28 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
         state.finish_epoch(stats)
         if on_epoch_end is not None:
             on_epoch_end(state, optimizers)
-    return state, f_v, combined_logits(frozen.features, f_v, state.heads.t_classifier, state.heads.v_classifier,
-                                       config.mode)
+    return state, f_v, prediction_logits(config, frozen.features, f_v, state.heads, confidence)
+
+
+def fusion_confidence(config: ReclipConfig, f_frozen: torch.Tensor, heads: Heads, propagate: Transducer,
+                      posterior: torch.Tensor | None) -> float | None:
+    """The mean confidence the calibrated head fusion fits each head to: label propagation's on
+    the frozen model (the N x C ``posterior``; without it, ``propagate`` on the frozen N x D
+    features with the frozen model's text embeddings as class nodes); None when the run's
+    prediction needs none (the paper's average, or one branch)."""
+    if config.mode != "reclip" or config.head_fusion == "average":
+        return None
+    if posterior is None:
+        posterior = propagate(f_frozen, heads.t_original).probs
+    return confidence_target(posterior)
+
+
+def prediction_logits(config: ReclipConfig, f_frozen: torch.Tensor, f_v: torch.Tensor, heads: Heads,
+                      confidence: float | None) -> torch.Tensor:
+    """N x C prediction logits of the run's head (``heads.fuse`` with ``config.head_fusion`` at
+    ``confidence``) from the frozen N x D features (T's) and V's N x D features."""
+    logits_t, logits_v = head_logits(f_frozen, f_v, heads.t_classifier, heads.v_classifier)
+    return fuse(logits_t, logits_v, config.mode, config.head_fusion, confidence)[0]
 
 
 def training_images(dataset: ImageDataset, frozen: Features, config: ReclipConfig) -> Dataset:
@@ -181,15 +204,17 @@ def evaluate_v(model: DualEncoder, images: Dataset, frozen: Features, config: Re
 
 
 def epoch_signals(config: ReclipConfig, frozen: Features, f_v: torch.Tensor, h: Heads, propagate: Transducer,
-                  posterior: torch.Tensor | None, epoch: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+                  posterior: torch.Tensor | None, epoch: int,
+                  confidence: float | None = None) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """(record, T's pseudo labels, V's pseudo labels) of ``epoch`` before its training pass.
 
     The record holds the heads' agreement, the branches' accuracies (when labels exist), the
-    safeguard's estimated gain (with ``posterior``), the pseudo-label agreement and accuracies.
-    A single branch trains on its own pseudo labels (they then always "agree")."""
+    safeguard's estimated gain (with ``posterior``), the pseudo-label agreement and accuracies;
+    the prediction is the run's fused head (``prediction_logits`` at ``confidence``). A single
+    branch trains on its own pseudo labels (they then always "agree")."""
     labels = frozen.labels
     known = labels >= 0
-    logits = combined_logits(frozen.features, f_v, h.t_classifier, h.v_classifier, config.mode)
+    logits = prediction_logits(config, frozen.features, f_v, h, confidence)
     stats: dict = {"epoch": epoch,
                    "head_agreement": head_agreement(frozen.features, f_v, h.t_classifier, h.v_classifier)}
     if bool(known.any()):
@@ -219,8 +244,9 @@ def branch_pseudo_labels(config: ReclipConfig, f_frozen: torch.Tensor, f_v: torc
     ``pseudo_labels="propagated"``: label propagation, T on the frozen features (N x D) with
     its full-template text embeddings as class nodes, V on its own features with its
     classifier (``v_graph="centroids"``) or the original text embeddings as class nodes;
-    V's classifier then becomes V's centroids. ``"zero-shot"`` (an ablation): each branch's
-    own current prediction, no propagation, V's classifier unchanged.
+    V's classifier then becomes V's centroids (of its pseudo labels, ``propagated_labels``).
+    ``"zero-shot"`` (an ablation): each branch's own current prediction, no propagation, V's
+    classifier unchanged.
     """
     if config.pseudo_labels == "zero-shot":
         t = (f_frozen @ heads.t_classifier.T).argmax(-1) if config.trains_t else None
@@ -229,11 +255,21 @@ def branch_pseudo_labels(config: ReclipConfig, f_frozen: torch.Tensor, f_v: torc
     lp_t = propagate(f_frozen, heads.t_full) if config.trains_t else None
     v_nodes = heads.v_classifier if config.v_graph == "centroids" else heads.t_original
     lp_v = propagate(f_v, v_nodes) if config.uses_v else None
+    labels_t = propagated_labels(lp_t, config) if lp_t is not None else None
+    labels_v = propagated_labels(lp_v, config) if lp_v is not None else None
     if lp_v is not None:
-        heads.v_classifier = lp_v.centroids.float().cpu()
+        centroids = lp_v.centroids if config.class_balance == "off" else class_centroids(v_nodes, f_v, labels_v)
+        heads.v_classifier = centroids.float().cpu()
     graphs = {branch: lp.info["knn_backend"] for branch, lp in (("t", lp_t), ("v", lp_v))
               if lp is not None and "knn_backend" in lp.info}
-    return (lp_t.labels if lp_t is not None else None), (lp_v.labels if lp_v is not None else None), graphs
+    return labels_t, labels_v, graphs
+
+
+def propagated_labels(lp: Transduction, config: ReclipConfig) -> torch.Tensor:
+    """(N,) pseudo labels of a propagation: its labels (``class_balance="off"``, the paper's), or
+    the classes of its N x C probabilities moved to the class proportions estimated from them
+    (``"estimated"``, ``priors.balanced_labels``)."""
+    return lp.labels if config.class_balance == "off" else balanced_labels(lp.probs)
 
 
 def zero_shot_predictions(f_frozen: torch.Tensor, heads: Heads) -> torch.Tensor:
