@@ -113,7 +113,7 @@ def test_class_balance_switch_in_the_loop():
         config = ReclipConfig(class_balance=balance).resolve(
             __import__("reclip.method.config", fromlist=["PROFILES"]).PROFILES["apart"])
         h = heads()
-        labels_t, labels_v = branch_pseudo_labels(config, images, images, h, LabelPropagation(settings))
+        labels_t, labels_v, _ = branch_pseudo_labels(config, images, images, h, LabelPropagation(settings))
         if balance == "off":  # the paper's: label propagation's own labels and centroids
             assert torch.equal(labels_t, lp.labels) and torch.equal(labels_v, lp.labels)
             torch.testing.assert_close(h.v_classifier, lp.centroids)
