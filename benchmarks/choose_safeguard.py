@@ -27,6 +27,8 @@ benchmarks/results/safeguard_dev.json.
 """
 from __future__ import annotations
 
+import collections
+import json
 import time
 from pathlib import Path
 
@@ -40,6 +42,8 @@ from reclip.io import write_json
 from dev_args import dev_parser, parse_dev_args
 
 RESULTS = Path(__file__).parent / "results" / "safeguard_dev.json"
+LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
+THRESHOLDS = (0.0, 0.5, 0.55, 0.6)
 SIGNALS = ("head_agreement", "estimated_gain", "agree_adapted_zero_shot", "agree_propagation_zero_shot",
            "agree_on_confident", "marginal_entropy_change")
 
@@ -55,25 +59,88 @@ def target_row(model, name: str, n: int, seed: int) -> dict:
     dataset = load_target(name, None, n, seed)
     dataset.transform = model.preprocess
     # both checks off, so that reclip's predictions are always the adapted ones (the signals are
-    # recorded all the same); the study applies the checks afterwards
-    runs = {mode: ReCLIP(model, ReclipConfig(mode=mode, seed=seed, safeguard=0.0, safeguard_gain=-1.0)).fit(dataset)
-            for mode in ("zero-shot", "transductive", "reclip")}
-    zs, lp, rc = (runs[m].predictions for m in ("zero-shot", "transductive", "reclip"))
+    # recorded all the same); the study applies the checks afterwards. Zero-shot and label
+    # propagation (the judge's posterior) come from the same run.
+    run = ReCLIP(model, ReclipConfig(mode="reclip", seed=seed, safeguard=0.0, safeguard_gain=-1.0)).fit(dataset)
+    zs, rc = run.zero_shot, run.predictions
+    lp_pred = run.posterior.argmax(dim=-1)
     confident = zs.confidence >= zs.confidence.quantile(0.8)
     c = len(dataset.classnames)
+    pred_t, pred_v = run.logits["t"].argmax(dim=-1), run.logits["v"].argmax(dim=-1)
+    rows = torch.arange(len(rc.pred))
+    gain_per_image = run.posterior[rows, rc.pred] - run.posterior[rows, zs.pred]
     signals = {
-        "head_agreement": runs["reclip"].metrics["safeguard"]["agreement"],
-        "estimated_gain": runs["reclip"].metrics["safeguard"]["estimated_gain"],
+        "head_agreement": run.metrics["safeguard"]["agreement"],
+        "chance_agreement": chance_agreement(pred_t, pred_v, c),
+        "estimated_gain": run.metrics["safeguard"]["estimated_gain"],
+        "estimated_gain_sd": float(gain_per_image.std()),
         "agree_adapted_zero_shot": float((rc.pred == zs.pred).float().mean()),
-        "agree_propagation_zero_shot": float((lp.pred == zs.pred).float().mean()),
+        "agree_propagation_zero_shot": float((lp_pred == zs.pred).float().mean()),
         "agree_on_confident": float((rc.pred == zs.pred)[confident].float().mean()),
         "marginal_entropy_change": marginal_entropy(rc.pred, c) - marginal_entropy(zs.pred, c),
     }
     z, a = zs.metrics(), rc.metrics()
-    return {"target": name, "seed": seed, **signals,
-            "zero_shot_top1": z["top1"], "reclip_top1": a["top1"], "propagation_top1": lp.metrics()["top1"],
+    # read after the fact: the per-image difference of being right, adapted minus zero-shot
+    right = (rc.pred == rc.labels).float() - (zs.pred == zs.labels).float()
+    return {"target": name, "seed": seed, "n": len(rc.pred), **signals,
+            "zero_shot_top1": z["top1"], "reclip_top1": a["top1"],
+            "propagation_top1": float((lp_pred == rc.labels).float().mean()),
+            "top1_change_sd": float(right.std()),
             "zero_shot_recall": z["mean_per_class_recall"], "reclip_recall": a["mean_per_class_recall"],
             "below_zero_shot": a["top1"] < z["top1"] or a["mean_per_class_recall"] < z["mean_per_class_recall"]}
+
+
+def chance_agreement(pred_t: torch.Tensor, pred_v: torch.Tensor, num_classes: int) -> float:
+    """The agreement two heads with the (N,) predictions' class histograms would reach by chance."""
+    p_t = torch.bincount(pred_t, minlength=num_classes).float() / len(pred_t)
+    p_v = torch.bincount(pred_v, minlength=num_classes).float() / len(pred_v)
+    return float((p_t * p_v).sum())
+
+
+def summary(rows: list[dict]) -> dict:
+    """Per size: the AUROC of every signal for the targets below zero-shot; then every candidate
+    rule (``LEVELS`` x ``THRESHOLDS``) scored on all sizes, and the chosen one (``choose_rule``)."""
+    sizes = sorted({r["n"] for r in rows})
+    scored = {f"level={level} threshold={theta}": {str(n): score([r for r in rows if r["n"] == n], level, theta)
+                                                   for n in sizes}
+              for level in LEVELS for theta in THRESHOLDS}
+    return {"auroc": {str(n): {s: auroc([r for r in rows if r["n"] == n], s) for s in SIGNALS} for n in sizes},
+            "truth": {str(n): dict(collections.Counter(truth(r) for r in rows if r["n"] == n)) for n in sizes},
+            "rules": scored, "chosen": choose_rule(scored)}
+
+
+def truth(row: dict) -> str:
+    """After the fact, with the labels: "better" or "worse" when reclip's top-1 differs from
+    zero-shot's beyond the paired 95% interval (normal, per-image differences), else "noise"."""
+    half = 1.96 * row["top1_change_sd"] / row["n"] ** 0.5
+    change = row["reclip_top1"] - row["zero_shot_top1"]
+    return "better" if change - half > 0 else "worse" if change + half < 0 else "noise"
+
+
+def keeps(row: dict, level: float, theta: float) -> bool:
+    """The library's rule on a study row, the gain check at its default ``safeguard_gain``."""
+    return keeps_adapted(row["head_agreement"], theta, row["estimated_gain"], ReclipConfig().safeguard_gain,
+                         gain_sd=row["estimated_gain_sd"], n=row["n"], level=level)
+
+
+def score(rows: list[dict], level: float, theta: float) -> dict:
+    """How the rule does on ``rows`` (one size): fall-backs by the truth, and the mean top-1."""
+    kept = [keeps(r, level, theta) for r in rows]
+    fell = collections.Counter(truth(r) for r, k in zip(rows, kept) if not k)
+    return {"fell_back_better": fell["better"], "fell_back_worse": fell["worse"], "fell_back_noise": fell["noise"],
+            "mean_top1": sum(r["reclip_top1"] if k else r["zero_shot_top1"] for r, k in zip(rows, kept)) / len(rows),
+            "mean_top1_adapted": sum(r["reclip_top1"] for r in rows) / len(rows),
+            "mean_top1_zero_shot": sum(r["zero_shot_top1"] for r in rows) / len(rows)}
+
+
+def choose_rule(scored: dict) -> str:
+    """The rule that, over all sizes, falls back least on targets reclip made better, then most on
+    those it made worse, then has the best mean top-1 (ties: the first, LEVELS and THRESHOLDS order)."""
+    def key(name: str) -> tuple:
+        per = scored[name].values()
+        return (-sum(p["fell_back_better"] for p in per), sum(p["fell_back_worse"] for p in per),
+                round(sum(p["mean_top1"] for p in per), 6))
+    return max(scored, key=key)
 
 
 def auroc(rows: list[dict], signal: str) -> float | None:
@@ -86,52 +153,35 @@ def auroc(rows: list[dict], signal: str) -> float | None:
     return round(wins / (len(bad) * len(good)), 3)
 
 
-def outcome(rows: list[dict], theta: float) -> tuple[float, int]:
-    """(dev mean top-1, dev targets below zero-shot) when the safeguard keeps zero-shot below the
-    head-agreement threshold ``theta`` and at or below the default ``safeguard_gain``."""
-    min_gain = ReclipConfig().safeguard_gain
-    kept = [r if keeps_adapted(r["head_agreement"], theta, r["estimated_gain"], min_gain)
-            else {**r, "reclip_top1": r["zero_shot_top1"], "reclip_recall": r["zero_shot_recall"]} for r in rows]
-    mean = sum(k["reclip_top1"] for k in kept) / len(kept)
-    below = sum(k["reclip_top1"] < k["zero_shot_top1"] or k["reclip_recall"] < k["zero_shot_recall"] for k in kept)
-    return mean, below
-
-
-def choose_threshold(rows: list[dict]) -> tuple[float, float, int]:
-    """(threshold, dev mean top-1 with it, dev targets still below zero-shot with it)."""
-    values = sorted({r["head_agreement"] for r in rows})
-    # the outcome only changes at a target's agreement: try 0 and the midpoint of every gap
-    candidates = [0.0] + [round((a + b) / 2, 4) for a, b in zip(values, values[1:])]
-    best = max(candidates, key=lambda t: (round(outcome(rows, t)[0], 6), -t))  # ties: the lower threshold
-    return best, *outcome(rows, best)
+def collect(model, args) -> list[dict]:
+    """Every (size, target, seed) row, the ones already in ``args.out`` kept (an interrupted study
+    continues); the file is rewritten after each new row."""
+    rows = json.loads(args.out.read_text())["targets"] if args.out.is_file() else []
+    done = {(r["n"], r["target"], r["seed"]) for r in rows}
+    for n in args.sizes:
+        for name, seed in args.cells:
+            if (n, name, seed) in done:
+                continue
+            rows.append(target_row(model, name, n, seed))
+            r = rows[-1]
+            print(f"{n:>5} {name:<28} {seed} top-1 {100 * r['zero_shot_top1']:5.1f} -> {100 * r['reclip_top1']:5.1f}  "
+                  + "  ".join(f"{s} {r[s]:.3f}" for s in SIGNALS) + ("  BELOW" if r["below_zero_shot"] else ""),
+                  flush=True)
+            write_json(args.out, {"targets": rows})
+    return rows
 
 
 def main() -> None:
-    args = parse_dev_args(dev_parser(__doc__, RESULTS))
+    parser = dev_parser(__doc__, RESULTS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[300, 1000, 2000],
+                        help="images per target (each size draws its own targets)")
+    args = parse_dev_args(parser)
     start = time.perf_counter()
-    model = load_model("bridge")
-    rows = []
-    for name, seed in args.cells:
-        rows.append(target_row(model, name, args.n, seed))
-        r = rows[-1]
-        print(f"{name:<28} {seed} top-1 {100 * r['zero_shot_top1']:5.1f} -> {100 * r['reclip_top1']:5.1f}  "
-              + "  ".join(f"{s} {r[s]:.3f}" for s in SIGNALS) + ("  BELOW" if r["below_zero_shot"] else ""),
-              flush=True)
-    threshold, mean, below = choose_threshold(rows)
-    report = {"n": args.n, "seeds": args.seeds, "targets": rows,
-              "auroc": {s: auroc(rows, s) for s in SIGNALS},
-              "threshold": threshold, "dev_mean_top1_with_threshold": mean, "dev_targets_below_with_threshold": below,
-              "dev_mean_top1_without": sum(r["reclip_top1"] for r in rows) / len(rows),
-              "dev_mean_top1_gain_check_only": outcome(rows, 0.0)[0],
-              "dev_targets_below_gain_check_only": outcome(rows, 0.0)[1],
-              "rule": "the head-agreement threshold with the best dev mean top-1 (the estimated-gain check at its "
-                      "default as well), midway between two dev targets' agreements (ties: the lower one)",
+    rows = collect(load_model("bridge"), args)
+    report = {"sizes": args.sizes, "seeds": args.seeds, "targets": rows, **summary(rows),
               "seconds": round(time.perf_counter() - start, 1)}
     write_json(args.out, report)
-    print("AUROC (targets below zero-shot vs the others): "
-          + ", ".join(f"{s} {v}" for s, v in report["auroc"].items()))
-    print(f"threshold {threshold}: dev mean top-1 {100 * mean:.2f} ({below} dev targets below zero-shot); "
-          f"without: {100 * report['dev_mean_top1_without']:.2f}; wrote {args.out}")
+    print(json.dumps({k: v for k, v in report.items() if k != "targets"}, indent=1))
 
 
 if __name__ == "__main__":

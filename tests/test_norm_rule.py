@@ -151,3 +151,13 @@ def test_blended_statistics_change_v_only_and_the_adapter_restores_them(domain, 
     assert all(v.equal(source[k]) for k, v in model.named_image_norm_statistics().items())
     predictions = adapted.predict(dataset, workers=0)
     assert torch.allclose(predictions.probs, runs[0.5].predictions.probs, atol=1e-4)
+
+
+def test_a_run_resolves_v_from_the_towers_norm_layers(domain, tmp_path):
+    model = tiny_resnet(tmp_path)
+    dataset = reclip.load_dataset(str(domain), transform=model.preprocess)
+    result = reclip.ReCLIP(model, epochs=1, k=10, safeguard=0.0, safeguard_gain=-1.0, workers=0, cache=False).fit(
+        dataset, TEMPLATES)
+    assert result.metrics["profile"]["name"] == "contrastive/batchnorm"
+    assert (result.metrics["config"]["v_tower"], result.metrics["config"]["v_bn_blend"]) == NORM_RULES["batchnorm"]
+    assert result.metrics["config"]["alpha"] == 0.99

@@ -109,7 +109,7 @@ class ReclipConfig:
     Propagation: k, alpha, cut_dim, knn, knn_backend, image_edges, project.
     Training: epochs, epoch_max, batch_size, lr_v, lr_t, momentum, weight_decay, v_loss,
       v_graph, v_tower, v_bn_blend, t_template, agreement_filter, pseudo_labels, seed.
-    Safeguard (reclip mode): safeguard, safeguard_gain, calibrate.
+    Safeguard (reclip mode): safeguard, safeguard_gain, safeguard_level, calibrate.
     Runtime (how fast, never what): workers, threads (chosen together within the cores this
       process may use: ``reclip.runtime.budget``), cache.
     """
@@ -160,11 +160,15 @@ class ReclipConfig:
     pseudo_labels: str = setting("propagated", "training", "ablation: zero-shot trains on each branch's own "
                                  "predictions instead of propagated labels", str, SELF_TRAINING)
     safeguard: float = setting(0.6, "safeguard", "reclip mode: keep the zero-shot predictions when T's and V's "
-                               "heads agree on less than this share of the images at the end (chosen on dev "
-                               "targets; 0: off)", float, ("reclip",))
+                               "heads agree on less than this share of the images at the end, beyond its noise "
+                               "(see --safeguard-level; chosen on dev targets; 0: off)", float, ("reclip",))
     safeguard_gain: float = setting(0.0, "safeguard", "reclip mode: keep the zero-shot predictions when label "
                                     "propagation's estimate of the adapted predictions' top-1 gain over zero-shot "
-                                    "is at most this (-1: off)", float, ("reclip",))
+                                    "is not above this beyond its noise (see --safeguard-level; -1: off)", float,
+                                    ("reclip",))
+    safeguard_level: float = setting(0.95, "safeguard", "reclip mode: one-sided confidence of both safeguard "
+                                     "checks, which compare each signal's bound over the N images, not its value, "
+                                     "with its threshold (0.5: the values, the rule before)", float, ("reclip",))
     calibrate: bool = setting(True, "safeguard", "reclip mode: keep the raw confidences (default: a temperature "
                               "makes their mean equal label propagation's mean confidence on the frozen model)",
                               bool, ("reclip",))
@@ -199,6 +203,7 @@ class ReclipConfig:
             _number(self, "v_bn_blend", 0.0, 1.0)
         _number(self, "safeguard", 0.0, 1.0)
         _number(self, "safeguard_gain", -1.0, 1.0)
+        _number(self, "safeguard_level", 0.5, 1.0, high_open=True)
         for name in ("cache", "project", "agreement_filter", "calibrate"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be True or False; got {getattr(self, name)!r}")
