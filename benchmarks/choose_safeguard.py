@@ -1,29 +1,33 @@
 """Study label-free signals that could predict when reclip ends below zero-shot, and choose
-the safeguard threshold, on dev targets only (Fashion-MNIST TRAIN split; never the reported ones).
+the safeguard's rule at several target sizes, on dev targets only (Fashion-MNIST TRAIN split;
+never the reported ones).
 
-    python benchmarks/choose_safeguard.py [--seeds 0 1]   # DEV_TARGETS + HARD_DEV_TARGETS, 2,000 images each
+    python benchmarks/choose_safeguard.py --seeds 0 1 --sizes 300 1000 \
+        --targets <DEV_TARGETS> train-impulse_noise-5 train-snow-5 train-elastic_transform-5 \
+        --borrow benchmarks/results/safeguard_dev.json --out benchmarks/results/safeguard_sizes.json
 
-For every dev target it runs zero-shot, label propagation and reclip with the defaults but both
-safeguard checks off (the library's ``ReCLIP``; features come from the cache) and computes,
-without labels:
+For every dev target, size and seed it runs reclip with the defaults but both safeguard checks
+off (the library's ``ReCLIP``; features come from the cache), zero-shot and label propagation
+being read from the same run, and records without labels:
 
-- ``head_agreement``: the safeguard's first signal, T's and V's heads agreeing at the end;
+- ``head_agreement``: the safeguard's first signal, T's and V's heads agreeing at the end, and
+  ``chance_agreement``, what two heads with the same predicted-class histograms would reach by chance;
 - ``estimated_gain``: its second, the top-1 gain of reclip's predictions over zero-shot's that
-  label propagation's probabilities on the final model, taken as soft labels, predict;
-- ``agree_adapted_zero_shot``: reclip's and zero-shot's predictions agreeing;
-- ``agree_propagation_zero_shot``: label propagation's and zero-shot's predictions agreeing;
-- ``agree_on_confident``: reclip agreeing with zero-shot on the 20% of images zero-shot is
-  most confident about;
-- ``marginal_entropy_change``: entropy of reclip's predicted-class histogram minus zero-shot's.
+  label propagation's probabilities on the frozen model, taken as soft labels, predict, and
+  ``estimated_gain_sd``, the standard deviation of its per-image terms;
+- ``agree_adapted_zero_shot``, ``agree_propagation_zero_shot``, ``agree_on_confident`` (on the
+  20% of images zero-shot is most confident about), ``marginal_entropy_change``.
 
-The labels are read afterwards only to say which targets reclip left below zero-shot (top-1
-or mean per-class recall). For each signal: the AUROC of telling those targets apart (1 or 0:
-perfect, 0.5: no better than chance). The safeguard threshold is the head-agreement value that
-maximises the dev mean top-1 when every target below it keeps zero-shot, along with every
-target whose estimated gain is at most the default ``safeguard_gain`` (0: a threshold with no
-free choice in it), placed midway between the two dev targets' agreements it separates (0,
-this check off, when none does better). Writes
-benchmarks/results/safeguard_dev.json.
+The labels are read afterwards only to say, per target, whether reclip's top-1 is above
+("better") or below ("worse") zero-shot's beyond the paired 95% interval, or within it
+("noise"), and for the AUROC of each signal per size (targets below zero-shot in top-1 or
+recall). Every candidate rule (the library's ``keeps_adapted`` at each level of ``LEVELS`` and
+agreement threshold of ``THRESHOLDS``, and the alternative that tests the gain's upper bound) is
+scored at every size: fall-backs on better / worse / noise targets and the mean top-1. The
+chosen rule falls back least on better targets, then most on worse ones, then has the best mean.
+``--borrow`` adds an earlier study at another size whose rows lack the per-image spreads, with
+those of the same (target, seed) at the largest size run (marked ``sd_from_n``). Rows are
+written as they come, so an interrupted study continues.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ from pathlib import Path
 import torch
 
 from reclip import ReCLIP, ReclipConfig, load_model
-from reclip.method.safeguard import keeps_adapted
+from reclip.method.safeguard import bounds, keeps_adapted
 from reclip.bench import load_target
 from reclip.io import write_json
 
@@ -44,6 +48,7 @@ from dev_args import dev_parser, parse_dev_args
 RESULTS = Path(__file__).parent / "results" / "safeguard_dev.json"
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 THRESHOLDS = (0.0, 0.5, 0.55, 0.6)
+GAIN_SIDES = ("lower", "upper")
 SIGNALS = ("head_agreement", "estimated_gain", "agree_adapted_zero_shot", "agree_propagation_zero_shot",
            "agree_on_confident", "marginal_entropy_change")
 
@@ -101,9 +106,9 @@ def summary(rows: list[dict]) -> dict:
     """Per size: the AUROC of every signal for the targets below zero-shot; then every candidate
     rule (``LEVELS`` x ``THRESHOLDS``) scored on all sizes, and the chosen one (``choose_rule``)."""
     sizes = sorted({r["n"] for r in rows})
-    scored = {f"level={level} threshold={theta}": {str(n): score([r for r in rows if r["n"] == n], level, theta)
-                                                   for n in sizes}
-              for level in LEVELS for theta in THRESHOLDS}
+    scored = {f"level={level} threshold={theta} gain={side}": {
+        str(n): score([r for r in rows if r["n"] == n], level, theta, side) for n in sizes}
+        for side in GAIN_SIDES for level in LEVELS for theta in THRESHOLDS}
     return {"auroc": {str(n): {s: auroc([r for r in rows if r["n"] == n], s) for s in SIGNALS} for n in sizes},
             "truth": {str(n): dict(collections.Counter(truth(r) for r in rows if r["n"] == n)) for n in sizes},
             "rules": scored, "chosen": choose_rule(scored)}
@@ -117,15 +122,20 @@ def truth(row: dict) -> str:
     return "better" if change - half > 0 else "worse" if change + half < 0 else "noise"
 
 
-def keeps(row: dict, level: float, theta: float) -> bool:
-    """The library's rule on a study row, the gain check at its default ``safeguard_gain``."""
-    return keeps_adapted(row["head_agreement"], theta, row["estimated_gain"], ReclipConfig().safeguard_gain,
-                         gain_sd=row["estimated_gain_sd"], n=row["n"], level=level)
+def keeps(row: dict, level: float, theta: float, side: str) -> bool:
+    """The library's rule on a study row (``side`` "lower"), the gain check at its default
+    ``safeguard_gain``; "upper": the alternative that falls back only when the gain's upper bound
+    is at most ``safeguard_gain`` (no gain beyond its noise)."""
+    if side == "lower":
+        return keeps_adapted(row["head_agreement"], theta, row["estimated_gain"], ReclipConfig().safeguard_gain,
+                             gain_sd=row["estimated_gain_sd"], n=row["n"], level=level)
+    high, low = bounds(row["head_agreement"], row["estimated_gain"], row["estimated_gain_sd"], row["n"], level)
+    return high >= theta and 2 * row["estimated_gain"] - low > ReclipConfig().safeguard_gain
 
 
-def score(rows: list[dict], level: float, theta: float) -> dict:
+def score(rows: list[dict], level: float, theta: float, side: str) -> dict:
     """How the rule does on ``rows`` (one size): fall-backs by the truth, and the mean top-1."""
-    kept = [keeps(r, level, theta) for r in rows]
+    kept = [keeps(r, level, theta, side) for r in rows]
     fell = collections.Counter(truth(r) for r, k in zip(rows, kept) if not k)
     return {"fell_back_better": fell["better"], "fell_back_worse": fell["worse"], "fell_back_noise": fell["noise"],
             "mean_top1": sum(r["reclip_top1"] if k else r["zero_shot_top1"] for r, k in zip(rows, kept)) / len(rows),
@@ -171,13 +181,28 @@ def collect(model, args) -> list[dict]:
     return rows
 
 
+def borrowed_rows(path: Path, rows: list[dict], donor_n: int) -> list[dict]:
+    """The rows of an earlier study in ``path`` (one size, no per-image spreads) for the (target,
+    seed) pairs that ``rows`` hold at ``donor_n`` images, with the two standard deviations borrowed
+    from those (a per-image spread does not depend on N; ``sd_from_n`` says so)."""
+    donors = {(r["target"], r["seed"]): r for r in rows if r["n"] == donor_n}
+    earlier = json.loads(path.read_text())
+    return [{**r, "n": earlier["n"], "sd_from_n": donor_n,
+             **{k: donors[r["target"], r["seed"]][k] for k in ("estimated_gain_sd", "top1_change_sd")}}
+            for r in earlier["targets"] if (r["target"], r["seed"]) in donors]
+
+
 def main() -> None:
     parser = dev_parser(__doc__, RESULTS)
     parser.add_argument("--sizes", type=int, nargs="+", default=[300, 1000, 2000],
                         help="images per target (each size draws its own targets)")
+    parser.add_argument("--borrow", type=Path, help="an earlier study's JSON at another size (the 2,000-image "
+                        "safeguard_dev.json), added with per-image spreads borrowed from the largest size run")
     args = parse_dev_args(parser)
     start = time.perf_counter()
     rows = collect(load_model("bridge"), args)
+    if args.borrow is not None:
+        rows = [r for r in rows if "sd_from_n" not in r] + borrowed_rows(args.borrow, rows, max(args.sizes))
     report = {"sizes": args.sizes, "seeds": args.seeds, "targets": rows, **summary(rows),
               "seconds": round(time.perf_counter() - start, 1)}
     write_json(args.out, report)

@@ -133,12 +133,7 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
     params_v, params_t = configure_model(model, config)
     optimizers = make_optimizers(params_v, params_t, config, optimizer_state)
     state = state if state is not None else initial_state(model, classnames, templates)
-    images = training_images(dataset, frozen, config)
-    if config.uses_v and config.v_bn_blend > 0 and state.epoch == 0:  # a resumed run has them from its checkpoint
-        blend_v_statistics(model, images, frozen, config, state)
-    # V's features: the frozen ones until V's tower changes (a resumed run re-encodes them)
-    changed = state.epoch > 0 or config.v_bn_blend > 0
-    f_v = evaluate_v(model, images, frozen, config, state) if config.adapts_v_tower and changed else frozen.features
+    images, f_v = prepare_v(model, dataset, frozen, config, state)
     first_epoch = state.epoch
     for epoch in range(first_epoch, config.num_epochs(n)):
         start = time.perf_counter()
@@ -164,6 +159,20 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
             on_epoch_end(state, optimizers)
     return state, f_v, combined_logits(frozen.features, f_v, state.heads.t_classifier, state.heads.v_classifier,
                                        config.mode)
+
+
+def prepare_v(model: DualEncoder, dataset: ImageDataset, frozen: Features, config: ReclipConfig,
+              state: RunState) -> tuple[Dataset, torch.Tensor]:
+    """(what V reads its pixels from, V's N x D features) at the start of ``adapt``: V's tower
+    gets its blended BatchNorm statistics on a fresh run (``v_bn_blend`` > 0; a resumed run has
+    them from its checkpoint); its features are the frozen ones until its tower changes (a
+    resumed or blended one is re-encoded)."""
+    images = training_images(dataset, frozen, config)
+    if config.uses_v and config.v_bn_blend > 0 and state.epoch == 0:
+        blend_v_statistics(model, images, frozen, config, state)
+    changed = state.epoch > 0 or config.v_bn_blend > 0
+    f_v = evaluate_v(model, images, frozen, config, state) if config.adapts_v_tower and changed else frozen.features
+    return images, f_v
 
 
 def training_images(dataset: ImageDataset, frozen: Features, config: ReclipConfig) -> Dataset:
