@@ -38,8 +38,13 @@ from pathlib import Path
 
 import torch
 
+from safetensors import safe_open
+
 from reclip import ReCLIP, ReclipConfig, load_model
-from reclip.method.safeguard import bounds, keeps_adapted
+from reclip.features import extract_features
+from reclip.method.heads import combine, head_logits
+from reclip.method.transduce.peers import LabelPropagation
+from reclip.method.safeguard import bounds, gain_per_image, keeps_adapted
 from reclip.bench import load_target
 from reclip.io import write_json
 
@@ -93,6 +98,40 @@ def target_row(model, name: str, n: int, seed: int) -> dict:
             "top1_change_sd": float(right.std()),
             "zero_shot_recall": z["mean_per_class_recall"], "reclip_recall": a["mean_per_class_recall"],
             "below_zero_shot": a["top1"] < z["top1"] or a["mean_per_class_recall"] < z["mean_per_class_recall"]}
+
+
+def bench_rows(model, folder: Path, data_root: str) -> list[dict]:
+    """Study rows of the finished default (``reclip-v-frozen``) runs of a ``reclip bench`` folder,
+    recomputed from each run's final checkpoint (its heads) and the cached frozen features:
+    label propagation's posterior, the adapted and zero-shot predictions, the per-image spreads."""
+    rows = []
+    for path in sorted((folder / "runs").glob("*__reclip-v-frozen__s*/checkpoint/state.safetensors")):
+        target, _, _, _, sample = path.parent.parent.name.split("__")
+        metrics = json.loads((path.parent.parent / "metrics.json").read_text())
+        dataset = load_target(target, data_root, metrics["n"], 0, int(sample[1:]))
+        dataset.transform = model.preprocess
+        f = extract_features(model, dataset)
+        with safe_open(str(path), framework="pt") as ckpt:
+            heads = {k: ckpt.get_tensor(f"head.{k}") for k in ("t_classifier", "v_classifier", "t_original")}
+        config = ReclipConfig().for_model(model.contrastive, model.image_norm)
+        posterior = LabelPropagation(config.propagation_settings(len(dataset.classnames)), model.device)(
+            f.features, heads["t_original"]).probs
+        pred = combine(*head_logits(f.features, f.features, heads["t_classifier"], heads["v_classifier"]),
+                       "reclip").argmax(-1)
+        zero_shot = (f.features @ heads["t_original"].T).argmax(-1)
+        gains = gain_per_image(posterior, pred, zero_shot)
+        right = (pred == f.labels).float() - (zero_shot == f.labels).float()
+        adapted = (metrics.get("final_adapted") or metrics["final"])["top1"]
+        assert abs(float((pred == f.labels).float().mean()) - adapted) < 1e-6, "checkpoint and metrics disagree"
+        rows.append({"target": target, "seed": int(sample[1:]), "n": len(pred), "source": str(folder),
+                     "head_agreement": metrics["safeguard"]["agreement"], "estimated_gain": gains.mean().item(),
+                     "estimated_gain_sd": gains.std().item(), "zero_shot_top1": metrics["zero_shot"]["top1"],
+                     "reclip_top1": adapted, "top1_change_sd": right.std().item(),
+                     "zero_shot_recall": metrics["zero_shot"]["mean_per_class_recall"],
+                     "reclip_recall": (metrics.get("final_adapted") or metrics["final"])["mean_per_class_recall"]})
+        rows[-1]["below_zero_shot"] = (rows[-1]["reclip_top1"] < rows[-1]["zero_shot_top1"]
+                                       or rows[-1]["reclip_recall"] < rows[-1]["zero_shot_recall"])
+    return rows
 
 
 def chance_agreement(pred_t: torch.Tensor, pred_v: torch.Tensor, num_classes: int) -> float:
@@ -154,7 +193,10 @@ def choose_rule(scored: dict) -> str:
 
 
 def auroc(rows: list[dict], signal: str) -> float | None:
-    """P(signal of a target below zero-shot < signal of one that is not), ties counted half."""
+    """P(signal of a target below zero-shot < signal of one that is not), ties counted half
+    (None when a row lacks the signal or one group is empty)."""
+    if any(signal not in r for r in rows):
+        return None
     bad = [r[signal] for r in rows if r["below_zero_shot"]]
     good = [r[signal] for r in rows if not r["below_zero_shot"]]
     if not bad or not good:
@@ -198,11 +240,15 @@ def main() -> None:
                         help="images per target (each size draws its own targets)")
     parser.add_argument("--borrow", type=Path, help="an earlier study's JSON at another size (the 2,000-image "
                         "safeguard_dev.json), added with per-image spreads borrowed from the largest size run")
+    parser.add_argument("--bench", type=Path, help="instead of new runs: the finished reclip-v-frozen runs of this "
+                        "`reclip bench` folder (dev targets), recomputed from their checkpoints")
+    parser.add_argument("--data-root", default="/usr/share/datasets/fashion-mnist")
     args = parse_dev_args(parser)
     start = time.perf_counter()
-    rows = collect(load_model("bridge"), args)
+    model = load_model("bridge")
+    rows = bench_rows(model, args.bench, args.data_root) if args.bench else collect(model, args)
     if args.borrow is not None:
-        rows = [r for r in rows if "sd_from_n" not in r] + borrowed_rows(args.borrow, rows, max(args.sizes))
+        rows = [r for r in rows if "sd_from_n" not in r] + borrowed_rows(args.borrow, rows, max(r["n"] for r in rows))
     report = {"sizes": args.sizes, "seeds": args.seeds, "targets": rows, **summary(rows),
               "seconds": round(time.perf_counter() - start, 1)}
     write_json(args.out, report)

@@ -86,7 +86,7 @@ def test_more_of_the_same_images_flips_a_decision_only_inside_the_interval(seed)
 
 
 def test_the_level_is_a_validated_setting():
-    assert reclip.ReclipConfig().safeguard_level == 0.95
+    assert reclip.ReclipConfig().safeguard_level == 0.8
     for bad in (0.4, 1.0):
         with pytest.raises(reclip.ConfigError, match="safeguard_level"):
             reclip.ReclipConfig(safeguard_level=bad)

@@ -138,7 +138,7 @@ def decide(logits: torch.Tensor, agreement: float, threshold: float, gain: float
     kept = keeps_adapted(agreement, threshold, gain, min_gain, gain_sd=gain_sd, n=n, level=level)
     if not kept:
         why = ("their pseudo labels were too poor to trust" if high < threshold
-               else "label propagation does not rate the adapted predictions likelier right beyond its noise")
+               else "label propagation rates the zero-shot predictions at least as likely right, within its noise")
         signals = f"{signals}: {why}, so the zero-shot predictions are kept"
     return Decision("adapted" if kept else "zero-shot", agreement, threshold, gain, min_gain, temperature,
                     confidence_target, signals, n, level, high, low)
