@@ -79,7 +79,7 @@ def test_temperature_by_hand():
 def test_judge_run_reads_gain_and_target_from_the_posterior():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])  # predicts [0, 1]
     posterior = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
-    settings = {"safeguard": 0.5, "safeguard_gain": 0.0, "calibrate": True}
+    settings = {"safeguard": 0.5, "safeguard_gain": 0.0, "safeguard_level": 0.5, "calibrate": True}
     decision = judge_run(logits, 0.8, posterior, torch.tensor([1, 1]), settings)
     # gain: (0.9 - 0.1 + 0.7 - 0.7) / 2; target: (0.9 + 0.7) / 2
     assert decision.kept == "adapted" and decision.estimated_gain == pytest.approx(0.4)
@@ -109,14 +109,15 @@ def test_decision_record_and_calibration_switch():
     decision = decide(logits, 0.7, 0.5, 0.1, 0.0, None)
     assert decision.as_dict() == {"kept": "adapted", "agreement": 0.7, "threshold": 0.5, "estimated_gain": 0.1,
                                   "min_gain": 0.0, "temperature": 1.0, "confidence_target": None,
-                                  "reason": decision.reason}
+                                  "reason": decision.reason, "n": 1, "level": 0.5, "agreement_bound": 0.7,
+                                  "gain_bound": 0.1}
     assert decision.reason.startswith("T and V agree on 70.0% of the images")
     fallback = decide(logits, 0.4, 0.5, 0.1, 0.0, 0.8)
     assert fallback.reason.endswith(", so the zero-shot predictions are kept")
     assert {k: v for k, v in fallback.as_dict().items() if k not in ("reason", "temperature")} == {
         "kept": "zero-shot", "agreement": 0.4, "threshold": 0.5, "estimated_gain": 0.1, "min_gain": 0.0,
-        "confidence_target": 0.8}
-    settings = {"safeguard": 0.5, "safeguard_gain": 0.0, "calibrate": False}
+        "confidence_target": 0.8, "n": 1, "level": 0.5, "agreement_bound": 0.4, "gain_bound": 0.1}
+    settings = {"safeguard": 0.5, "safeguard_gain": 0.0, "safeguard_level": 0.5, "calibrate": False}
     posterior = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
     off = judge_run(logits, 0.8, posterior, torch.tensor([1, 1]), settings)
     assert off.confidence_target is None and off.temperature == 1.0

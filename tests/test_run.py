@@ -69,14 +69,14 @@ def test_cut_dim_follows_the_authors_rule_for_many_classes():
 
 
 def test_model_dependent_and_mode_dependent_defaults_are_resolved_in_one_place():
-    from reclip.method.config import K_PROPAGATION, K_TRANSCLIP, PROFILES
+    from reclip.method.config import FAMILIES, K_PROPAGATION, K_TRANSCLIP, NORM_RULES
 
     assert reclip.ReclipConfig().k is None and reclip.ReclipConfig().for_model(True).k == K_PROPAGATION == 20
     assert reclip.ReclipConfig(mode="transclip").for_model(True).k == K_TRANSCLIP == 3
     assert reclip.ReclipConfig(mode="transclip", k=20).for_model(True).k == 20
-    apart = reclip.ReclipConfig().for_model(False)
-    assert (apart.alpha, apart.v_tower, apart.image_edges) == (0.95, "frozen", "full") == tuple(
-        PROFILES["apart"].as_dict()[k] for k in ("alpha", "v_tower", "image_edges"))
+    apart = reclip.ReclipConfig().for_model(False, "batchnorm")
+    assert (apart.alpha, apart.image_edges) == (0.95, "full") == FAMILIES["apart"]
+    assert (apart.v_tower, apart.v_bn_blend) == ("frozen", 0.0) == NORM_RULES["batchnorm"]
 
 
 def test_every_setting_has_a_stage_and_a_flag():

@@ -137,7 +137,7 @@ def adapter_fits(adapter: Any, model: Any) -> None:
     made_for = f"{adapter.meta.get('model')}" + (f" (pretrained {adapter.meta['pretrained']})"
                                                  if adapter.meta.get("pretrained") else "")
     problem = None
-    image, text = model.named_image_norm_parameters(), model.named_text_norm_parameters()
+    image, text = model.named_image_norm_state(), model.named_text_norm_parameters()
     for values, params in ((adapter.image_norms, image), (adapter.text_norms, text)):
         for key, value in values.items():
             if key not in params:

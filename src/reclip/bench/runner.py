@@ -52,6 +52,12 @@ METHODS: dict[str, dict[str, Any]] = {
     "reclip-v-centroids": {"mode": "reclip", "v_graph": "centroids"},
     "reclip-fused-calibrated": {"mode": "reclip", "head_fusion": "calibrated"},
     "reclip-balance-estimated": {"mode": "reclip", "class_balance": "estimated"},
+    # V on BatchNorm towers (docs/method.md, "Norm-aware V"): affines at a tenth of the lr, BatchNorm
+    # statistics blended with the target's (share 0.2 or 0.5) with the affines frozen or trained
+    "reclip-v-train-lr1e-4": {"mode": "reclip", "v_tower": "train", "lr_v": 1e-4},
+    "reclip-v-bn-blend-0.2": {"mode": "reclip", "v_tower": "frozen", "v_bn_blend": 0.2},
+    "reclip-v-bn-blend-0.5": {"mode": "reclip", "v_tower": "frozen", "v_bn_blend": 0.5},
+    "reclip-v-bn-blend-0.2-train": {"mode": "reclip", "v_tower": "train", "v_bn_blend": 0.2},
 }
 DEFAULT_METHODS = ("zero-shot", "transductive", "transclip", "reclip")
 PAPER_BENCHMARKS = ("cifar10", "cifar100", "imagenet", "caltech101", "dtd", "eurosat", "fgvc_aircraft", "food101",

@@ -1,6 +1,6 @@
 """A ReCLIP adapter: only what adaptation changed, in one safetensors file.
 
-It holds V's image-tower norm affines, T's text-tower norm affines, V's centroid classifier
+It holds V's image-tower norm affines and BatchNorm running statistics, T's text-tower norm affines, V's centroid classifier
 (C x D), T's first-template class embeddings (C x D), any model state fitted on the target
 (the bridge's centring vector) and, as JSON metadata, the model spec, class names,
 templates, config, the heads' fusion (its rule and per-head temperatures, so predict fuses
@@ -35,7 +35,7 @@ ADAPTER_FILE = "adapter.safetensors"
 class Adapter:
     """The trained state of a ReCLIP run. ``Adapter.load(path).apply(model)`` reuses it."""
 
-    image_norms: dict[str, torch.Tensor]   # V's, empty for t-only
+    image_norms: dict[str, torch.Tensor]   # V's affines and BatchNorm statistics, empty when V's tower is frozen
     text_norms: dict[str, torch.Tensor]    # T's, empty for v-only
     v_classifier: torch.Tensor             # C x D
     t_classifier: torch.Tensor             # C x D
@@ -102,7 +102,7 @@ class AdaptedModel:
     def __init__(self, model: DualEncoder, adapter: Adapter) -> None:
         self.model = model
         self.adapter = adapter
-        mismatch = set(adapter.image_norms) - set(model.named_image_norm_parameters())
+        mismatch = set(adapter.image_norms) - set(model.named_image_norm_state())
         if mismatch:
             raise ReclipError(f"adapter does not fit model {model.name} ({len(mismatch)} unknown image "
                               "parameters); pass the --model/--pretrained it was made with")

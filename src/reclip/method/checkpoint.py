@@ -36,7 +36,7 @@ def save_checkpoint(out: Path, model: DualEncoder, state: RunState,
     ``identity`` (model, dataset, n, config) is checked on resume so a checkpoint is never
     continued with other settings.
     """
-    tensors = {f"norm.{k}": v for k, v in snapshot({**model.named_image_norm_parameters(),
+    tensors = {f"norm.{k}": v for k, v in snapshot({**model.named_image_norm_state(),
                                                      **model.named_text_norm_parameters()}).items()}
     tensors.update({f"head.{k}": getattr(state.heads, k) for k in HEADS})
     tensors.update({f"extra.{k}": v for k, v in model.extra_state().items()})
@@ -77,7 +77,7 @@ def load_checkpoint(out: Path, model: DualEncoder, identity: dict) -> tuple[RunS
 def _restore(path: Path, meta: dict, tensors: dict[str, torch.Tensor],
              model: DualEncoder) -> tuple[RunState, dict[str, dict]]:
     norms = {k[5:]: v for k, v in tensors.items() if k.startswith("norm.")}
-    load_into({**model.named_image_norm_parameters(), **model.named_text_norm_parameters()}, norms,
+    load_into({**model.named_image_norm_state(), **model.named_text_norm_parameters()}, norms,
               f"checkpoint {path}")
     model.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
     torch.set_rng_state(tensors["rng.torch"])

@@ -40,32 +40,47 @@ class ConfigError(ArgumentError):
 
 @dataclass(frozen=True)
 class ModelProfile:
-    """The settings that depend on how a model was trained, declared per kind of model:
-    ``contrastive`` (towers trained together, the CLIP family) or ``apart`` (towers trained
-    apart and bridged, the ``bridge`` model). ``alpha``: label propagation's; ``v_tower``:
-    whether V trains its image tower; ``image_edges``: which features the graph compares
-    images by. The apart values were chosen on the dev targets (docs/method.md, "Defaults")."""
+    """The settings that depend on the model, declared per kind of model. By how its towers were
+    trained (``family``: ``contrastive``, the CLIP family, or ``apart``, the ``bridge``):
+    ``alpha`` (label propagation's) and ``image_edges`` (which features the graph compares images
+    by). By its image tower's normalisation layers (``image_norm``, ``DualEncoder.image_norm``):
+    ``v_tower`` (whether V trains the tower's norm affines) and ``v_bn_blend`` (the target's share
+    of its BatchNorm statistics). The apart values and the BatchNorm rule were chosen on the dev
+    targets (docs/method.md, "Defaults" and "Norm-aware V")."""
 
     name: str
     alpha: float
-    v_tower: str
     image_edges: str
+    image_norm: str
+    v_tower: str
+    v_bn_blend: float
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-PROFILES = {"contrastive": ModelProfile("contrastive", ALPHA_CONTRASTIVE, "train", "projected"),
-            "apart": ModelProfile("apart", ALPHA_APART, "frozen", "full")}
+#: (alpha, image_edges) by how the towers were trained: together (``contrastive``) or ``apart``.
+FAMILIES: dict[str, tuple[float, str]] = {"contrastive": (ALPHA_CONTRASTIVE, "projected"),
+                                          "apart": (ALPHA_APART, "full")}
+#: How V adapts an image tower, by its normalisation layers (``DualEncoder.image_norm``):
+#: (v_tower, v_bn_blend). LayerNorm towers (CLIP ViTs) train their affines as in the paper;
+#: BatchNorm towers (the bridge's EfficientNet, CLIP ResNets) as chosen on the dev targets.
+NORM_RULES: dict[str, tuple[str, float]] = {"layernorm": ("train", 0.0), "batchnorm": ("frozen", 0.0),
+                                             "none": ("frozen", 0.0)}
 #: neighbours per image when ``k`` is None: label propagation's (the paper's) and TransCLIP's (its paper's)
 K_PROPAGATION = 20
 K_TRANSCLIP = 3
 STAGES = ("run", "propagation", "training", "safeguard", "runtime")
 
 
-def profile_for(contrastive: bool) -> ModelProfile:
-    """The ``ModelProfile`` of a model whose towers were trained together (``contrastive``) or apart."""
-    return PROFILES["contrastive" if contrastive else "apart"]
+def profile_for(contrastive: bool, image_norm: str = "layernorm") -> ModelProfile:
+    """The ``ModelProfile`` of a model whose towers were trained together (``contrastive``) or
+    apart, with an image tower of normalisation kind ``image_norm`` (``NORM_RULES``' keys): the
+    one place where V's adaptation is resolved from the tower."""
+    if image_norm not in NORM_RULES:
+        raise ConfigError("image_norm", f"must be one of {', '.join(NORM_RULES)}; got {image_norm!r}")
+    family = "contrastive" if contrastive else "apart"
+    return ModelProfile(f"{family}/{image_norm}", *FAMILIES[family], image_norm, *NORM_RULES[image_norm])
 
 
 def setting(default: Any, stage: str, help: str, kind: type | None = None, modes: tuple[str, ...] = MODES) -> Any:
@@ -95,8 +110,9 @@ class ReclipConfig:
       training) or ``zero-shot`` (the prompt-ensemble baseline).
     Propagation: k, alpha, cut_dim, knn, knn_backend, image_edges, project.
     Training: epochs, epoch_max, batch_size, lr_v, lr_t, momentum, weight_decay, v_loss,
-      v_graph, v_tower, t_template, agreement_filter, pseudo_labels, head_fusion, class_balance, seed.
-    Safeguard (reclip mode): safeguard, safeguard_gain, calibrate.
+      v_graph, v_tower, v_bn_blend, t_template, agreement_filter, pseudo_labels, head_fusion, class_balance,
+      seed.
+    Safeguard (reclip mode): safeguard, safeguard_gain, safeguard_level, calibrate.
     Runtime (how fast, never what): workers, threads (chosen together within the cores this
       process may use: ``reclip.runtime.budget``), cache.
     """
@@ -129,9 +145,15 @@ class ReclipConfig:
                            "embeddings, as the authors' code; default) or centroids (V's current classifier)",
                            str, SELF_TRAINING)
     v_tower: str = setting("auto", "training", "train (V trains its image tower's norm affines), frozen (V's "
-                           "classifier still follows its label-propagation centroids) or auto (default: train for "
-                           "CLIP-family models, frozen for the bridge, whose towers were trained apart)",
-                           str, SELF_TRAINING)
+                           "classifier still follows its label-propagation centroids) or auto (default: by the "
+                           "image tower's norm layers: train for LayerNorm towers such as CLIP ViTs, as the paper; "
+                           "frozen for BatchNorm towers such as the bridge's and CLIP ResNets', chosen on dev "
+                           "targets)", str, SELF_TRAINING)
+    v_bn_blend: float | None = setting(None, "training", "the target's share w of V's BatchNorm running statistics, "
+                                       "estimated on the target images before training: (1 - w) source + w target "
+                                       "(Schneider et al. 2020's n / (N + n); 0: the source statistics, 1: AdaBN); "
+                                       "default: by the image tower's norm layers (0 on every tower today)",
+                                       float, SELF_TRAINING)
     t_template: str | None = setting(None, "training", "the template ReCLIP-T trains and classifies with, put first "
                                      "among the templates (default: the first template)", str)
     project: bool = setting(True, "propagation", "ablation: build the label-propagation graph on unprojected "
@@ -151,11 +173,16 @@ class ReclipConfig:
                                  "estimated by EM on them, so a rare class is not absorbed and an absent one not "
                                  "forced in)", str, SELF_TRAINING)
     safeguard: float = setting(0.6, "safeguard", "reclip mode: keep the zero-shot predictions when T's and V's "
-                               "heads agree on less than this share of the images at the end (chosen on dev "
-                               "targets; 0: off)", float, ("reclip",))
+                               "heads agree on less than this share of the images at the end, beyond its noise "
+                               "(see --safeguard-level; chosen on dev targets; 0: off)", float, ("reclip",))
     safeguard_gain: float = setting(0.0, "safeguard", "reclip mode: keep the zero-shot predictions when label "
                                     "propagation's estimate of the adapted predictions' top-1 gain over zero-shot "
-                                    "is at most this (-1: off)", float, ("reclip",))
+                                    "is not above this beyond its noise (see --safeguard-level; -1: off)", float,
+                                    ("reclip",))
+    safeguard_level: float = setting(0.8, "safeguard", "reclip mode: one-sided confidence of both safeguard "
+                                     "checks, which compare each signal's bound over the N images, not its value, "
+                                     "with its threshold (chosen on dev targets; 0.5: the values, the rule before)",
+                                     float, ("reclip",))
     calibrate: bool = setting(True, "safeguard", "reclip mode: keep the raw confidences (default: a temperature "
                               "makes their mean equal label propagation's mean confidence on the frozen model)",
                               bool, ("reclip",))
@@ -186,8 +213,11 @@ class ReclipConfig:
         _number(self, "momentum", 0.0, 1.0, high_open=True)
         if self.alpha is not None:
             _number(self, "alpha", 0.0, 1.0, low_open=True, high_open=True)
+        if self.v_bn_blend is not None:
+            _number(self, "v_bn_blend", 0.0, 1.0)
         _number(self, "safeguard", 0.0, 1.0)
         _number(self, "safeguard_gain", -1.0, 1.0)
+        _number(self, "safeguard_level", 0.5, 1.0, high_open=True)
         for name in ("cache", "project", "agreement_filter", "calibrate"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be True or False; got {getattr(self, name)!r}")
@@ -200,17 +230,19 @@ class ReclipConfig:
                                           "leave it out")
 
     # --- derived settings --------------------------------------------------------------
-    def for_model(self, contrastive: bool) -> "ReclipConfig":
+    def for_model(self, contrastive: bool, image_norm: str = "layernorm") -> "ReclipConfig":
         """This config resolved for a model whose towers were trained together contrastively
-        (``contrastive``, the CLIP family) or apart: ``resolve(profile_for(contrastive))``."""
-        return self.resolve(profile_for(contrastive))
+        (``contrastive``, the CLIP family) or apart, with an image tower of norm kind
+        ``image_norm`` (``DualEncoder.image_norm``): ``resolve(profile_for(contrastive, image_norm))``."""
+        return self.resolve(profile_for(contrastive, image_norm))
 
     def resolve(self, profile: ModelProfile) -> "ReclipConfig":
         """This config with every default that depends on the model or the mode filled in, for
-        the fields the mode uses: ``v_tower="auto"``, ``alpha=None`` and ``image_edges="auto"``
-        from ``profile``, ``k=None`` from the mode (``K_TRANSCLIP`` for transclip, else
+        the fields the mode uses: ``v_tower="auto"``, ``v_bn_blend=None``, ``alpha=None`` and
+        ``image_edges="auto"`` from ``profile``, ``k=None`` from the mode (``K_TRANSCLIP`` for transclip, else
         ``K_PROPAGATION``)."""
         resolved = {"v_tower": profile.v_tower if self.v_tower == "auto" else self.v_tower,
+                    "v_bn_blend": profile.v_bn_blend if self.v_bn_blend is None else self.v_bn_blend,
                     "image_edges": profile.image_edges if self.image_edges == "auto" else self.image_edges,
                     "alpha": profile.alpha if self.alpha is None else self.alpha,
                     "k": (K_TRANSCLIP if self.mode == "transclip" else K_PROPAGATION) if self.k is None else self.k}
@@ -253,8 +285,17 @@ class ReclipConfig:
     def trains_v(self) -> bool:
         """ReCLIP-V's image-tower norm affines train (``v_tower`` resolved by ``for_model``)."""
         if self.v_tower == "auto":
-            raise ConfigError("v_tower", "is 'auto': resolve it with for_model(model.contrastive) first")
+            raise ConfigError("v_tower", "is 'auto': resolve it with for_model(model.contrastive, model.image_norm) "
+                                         "first")
         return self.uses_v and self.v_tower == "train"
+
+    @property
+    def adapts_v_tower(self) -> bool:
+        """V's image tower differs from the frozen one: its affines train or its BatchNorm
+        statistics are blended with the target's (``for_model`` resolved)."""
+        if self.v_bn_blend is None:
+            raise ConfigError("v_bn_blend", "is None: resolve it with for_model(...) first")
+        return self.trains_v or (self.uses_v and self.v_bn_blend > 0)
 
     @property
     def trains_t(self) -> bool:

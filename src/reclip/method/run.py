@@ -13,8 +13,9 @@
 
 With ``out`` it owns the output folder: a checkpoint after every epoch, ``resume=True`` to
 continue one, and the outputs written atomically at the end. The model's norm affines are
-restored after training (target statistics a model fits while encoding, the bridge's
-centring, stay fitted); ``result.adapter.apply(model)`` gives the adapted model.
+restored after training, and so are the image tower's BatchNorm statistics (target statistics
+a model fits while encoding, the bridge's centring, stay fitted); ``result.adapter.apply(model)``
+gives the adapted model.
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ class ReCLIP:
         callbacks = list(callbacks) if distributed.is_main() else []
         folder = (output_folder(out, OUTPUT_FILES, checks.dataset_inputs(dataset, OUTPUT_FILES))
                   if out is not None and distributed.is_main() else contextlib.nullcontext())
-        norms = {**self.model.named_image_norm_parameters(), **self.model.named_text_norm_parameters()}
+        norms = {**self.model.named_image_norm_state(), **self.model.named_text_norm_parameters()}
         pristine = snapshot(norms)
         with folder, progress.heartbeat(f"reclip {self.config.mode} on {dataset.name}"):
             try:
@@ -158,7 +159,7 @@ class _Run:
 
     def __init__(self, model: DualEncoder, config: ReclipConfig, stages: Stages, dataset: ImageDataset,
                  templates: list[str], callbacks: list[Callback]) -> None:
-        self.profile = profile_for(model.contrastive)
+        self.profile = profile_for(model.contrastive, model.image_norm)
         self.model, self.config, self.dataset, self.templates = model, config.resolve(self.profile), dataset, templates
         self.stages = stages.resolved(self.config, len(dataset.classnames), model.device)
         self.callbacks = callbacks
@@ -256,7 +257,7 @@ class _Run:
         model, config = self.model, self.config
         meta = adapter_meta(model, self.dataset.classnames, self.templates, config.mode, config.to_dict())
         meta["fusion"] = fusion.as_dict()
-        return Adapter(image_norms=snapshot(model.named_image_norm_parameters()) if config.trains_v else {},
+        return Adapter(image_norms=snapshot(model.named_image_norm_state()) if config.adapts_v_tower else {},
                        text_norms=snapshot(model.named_text_norm_parameters()) if config.trains_t else {},
                        v_classifier=heads.v_classifier, t_classifier=heads.t_classifier,
                        extra_state=model.extra_state(), meta=meta)

@@ -40,10 +40,11 @@ from ..precision import autocast, full_precision
 from ..progress import progress
 from .config import ReclipConfig
 from .heads import Heads, fuse, head_logits, text_heads
-from .safeguard import confidence_target, estimated_gain, head_agreement
 from .priors import balanced_labels
 from .propagation import class_centroids
+from .safeguard import confidence_target, estimated_gain, head_agreement
 from .transduce.base import Transducer, Transduction
+from .weights import blend_statistics, estimating_statistics, load_into, snapshot
 from .transduce.peers import LabelPropagation
 from .zeroshot import LOGIT_SCALE, class_embeddings
 
@@ -134,9 +135,7 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
     params_v, params_t = configure_model(model, config)
     optimizers = make_optimizers(params_v, params_t, config, optimizer_state)
     state = state if state is not None else initial_state(model, classnames, templates)
-    images = training_images(dataset, frozen, config)
-    # V's features: the frozen ones until V has trained (a resumed run re-encodes them)
-    f_v = evaluate_v(model, images, frozen, config, state) if config.trains_v and state.epoch > 0 else frozen.features
+    images, f_v = prepare_v(model, dataset, frozen, config, state)
     first_epoch, confidence = state.epoch, fusion_confidence(config, frozen.features, state.heads, propagate, posterior)
     for epoch in range(first_epoch, config.num_epochs(n)):
         start = time.perf_counter()
@@ -185,13 +184,43 @@ def prediction_logits(config: ReclipConfig, f_frozen: torch.Tensor, f_v: torch.T
     return fuse(logits_t, logits_v, config.mode, config.head_fusion, confidence)[0]
 
 
+def prepare_v(model: DualEncoder, dataset: ImageDataset, frozen: Features, config: ReclipConfig,
+              state: RunState) -> tuple[Dataset, torch.Tensor]:
+    """(what V reads its pixels from, V's N x D features) at the start of ``adapt``: V's tower
+    gets its blended BatchNorm statistics on a fresh run (``v_bn_blend`` > 0; a resumed run has
+    them from its checkpoint); its features are the frozen ones until its tower changes (a
+    resumed or blended one is re-encoded)."""
+    images = training_images(dataset, frozen, config)
+    if config.uses_v and config.v_bn_blend > 0 and state.epoch == 0:
+        blend_v_statistics(model, images, frozen, config, state)
+    changed = state.epoch > 0 or config.v_bn_blend > 0
+    f_v = evaluate_v(model, images, frozen, config, state) if config.adapts_v_tower and changed else frozen.features
+    return images, f_v
+
+
 def training_images(dataset: ImageDataset, frozen: Features, config: ReclipConfig) -> Dataset:
     """What V reads its pixels from: ``dataset``, or when V trains, each image of this rank's
     shard decoded once (V reads the same pixels every pass)."""
-    if config.trains_v and split_transform(dataset.transform) is not None:
+    if config.adapts_v_tower and split_transform(dataset.transform) is not None:
         return DecodedImages(dataset, distributed.shard(frozen.indices.tolist()), config.batch_size,
                              _workers(config))
     return dataset
+
+
+def blend_v_statistics(model: DualEncoder, images: Dataset, frozen: Features, config: ReclipConfig,
+                       state: RunState) -> None:
+    """Give V's image tower BatchNorm running statistics blended between the source's (the
+    model's) and the target's, estimated in one pass over the target ``images`` (averaged over
+    ranks), with the target's share ``config.v_bn_blend`` (``weights.blend_statistics``). The
+    frozen features were computed before and keep the source statistics."""
+    stats = model.named_image_norm_statistics()
+    source = snapshot(stats)
+    state.passes_forward += 1.0
+    with estimating_statistics(model.image_modules()), torch.no_grad(), autocast(model.device):
+        encode_dataset(model.encode_image, model.device, images, frozen.indices.tolist(),
+                       batch_size=config.batch_size, workers=_workers(config), desc="V's BatchNorm statistics")
+    target = {k: distributed.sum_tensors(v.detach().float().cpu()) / distributed.world() for k, v in stats.items()}
+    load_into(stats, blend_statistics(source, target, config.v_bn_blend), "V's BatchNorm statistics")
 
 
 def evaluate_v(model: DualEncoder, images: Dataset, frozen: Features, config: ReclipConfig,

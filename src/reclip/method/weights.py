@@ -9,16 +9,18 @@ from typing import Iterator
 import torch
 from safetensors import SafetensorError, safe_open
 
+from torch import nn
+
 from ..errors import ReclipError
 from ..models.base import DualEncoder
 
 
-def snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of named parameters."""
+def snapshot(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of named parameters (or buffers)."""
     return {k: p.detach().float().cpu().clone() for k, p in params.items()}
 
 
-def load_into(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tensor], what: str) -> None:
+def load_into(params: dict[str, torch.Tensor], values: dict[str, torch.Tensor], what: str) -> None:
     """Copy ``values`` into the model's ``params`` in place (names and shapes must match)."""
     missing = set(values) - set(params)
     if missing:
@@ -34,14 +36,44 @@ def load_into(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Ten
 
 @contextlib.contextmanager
 def image_norms(model: DualEncoder, values: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Temporarily put ``values`` into the image tower's norm affines (V's tower), then restore."""
-    params = model.named_image_norm_parameters()
+    """Temporarily put ``values`` into the image tower's norm affines and BatchNorm statistics
+    (V's tower, ``named_image_norm_state``), then restore."""
+    params = model.named_image_norm_state()
     original = snapshot(params)
     load_into(params, values, "adapter")
     try:
         yield
     finally:
         load_into(params, original, "adapter")
+
+
+def blend_statistics(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+                     weight: float) -> dict[str, torch.Tensor]:
+    """BatchNorm running statistics blended with the target's share ``weight`` (w):
+    ``(1 - w) source + w target`` for every mean and variance (Schneider et al., NeurIPS 2020,
+    with w = n / (N + n): N the prior strength of the source, n the target's images)."""
+    return {k: (1.0 - weight) * source[k].float() + weight * target[k].float() for k in source}
+
+
+@contextlib.contextmanager
+def estimating_statistics(modules: list[nn.Module]) -> Iterator[None]:
+    """Every BatchNorm layer inside ``modules`` re-estimates its running statistics from zero as
+    plain averages over the batches run inside (train mode, momentum None; AdaBN's estimate);
+    afterwards back in eval mode with its momentum, holding the estimate."""
+    layers = [m for root in modules for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train(True)
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(layers, saved):
+            m.train(False)
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 def read_safetensors(path: Path, what: str, fix: str) -> tuple[dict, dict[str, torch.Tensor]]:

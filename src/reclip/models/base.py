@@ -20,22 +20,39 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 ) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 
-def named_norm_parameters(modules: list[nn.Module], prefix: str) -> dict[str, nn.Parameter]:
-    """Affine weight and bias of every normalisation layer inside ``modules``.
+#: What ``DualEncoder.image_norm`` reports, by the image tower's normalisation layers.
+NORM_KINDS = ("batchnorm", "layernorm", "none")
+BATCHNORM_STATISTICS = ("running_mean", "running_var")
 
-    Keys are ``f"{prefix}.{i}.{module path}.{weight|bias}"`` so they are stable for a
+
+def named_norm_parameters(modules: list[nn.Module], prefix: str,
+                          names: tuple[str, ...] = ("weight", "bias")) -> dict[str, torch.Tensor]:
+    """Affine weight and bias (or the other tensors ``names``, e.g. BatchNorm's
+    ``BATCHNORM_STATISTICS``) of every normalisation layer inside ``modules`` that has them.
+
+    Keys are ``f"{prefix}.{i}.{module path}.{name}"`` so they are stable for a
     given architecture and can be saved in an adapter file.
     """
-    out: dict[str, nn.Parameter] = {}
+    out: dict[str, torch.Tensor] = {}
     for i, root in enumerate(modules):
         for mod_name, mod in root.named_modules():
             if not isinstance(mod, NORM_TYPES):
                 continue
-            for p_name in ("weight", "bias"):
+            for p_name in names:
                 p = getattr(mod, p_name, None)
-                if isinstance(p, nn.Parameter):
+                if isinstance(p, torch.Tensor):
                     out[f"{prefix}.{i}.{mod_name}.{p_name}".replace("..", ".")] = p
     return out
+
+
+def norm_kind(modules: list[nn.Module]) -> str:
+    """``"batchnorm"`` when ``modules`` hold a BatchNorm layer (a convolutional tower: ResNet,
+    EfficientNet), else ``"layernorm"`` when they hold another normalisation layer (LayerNorm,
+    GroupNorm, RMSNorm: a ViT), else ``"none"``."""
+    layers = [m for root in modules for m in root.modules() if isinstance(m, NORM_TYPES)]
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layers):
+        return "batchnorm"
+    return "layernorm" if layers else "none"
 
 
 class DualEncoder:
@@ -106,8 +123,22 @@ class DualEncoder:
         """Tokens of B prompts -> B x D, L2-normalised, float32."""
         return nn.functional.normalize(self._encode_text(tokens).float(), dim=-1)
 
+    @property
+    def image_norm(self) -> str:
+        """The image tower's kind of normalisation layers, one of ``NORM_KINDS``; it decides how
+        ReCLIP-V adapts the tower (``reclip.method.config.NORM_RULES``)."""
+        return norm_kind(self.image_modules())
+
     def named_image_norm_parameters(self) -> dict[str, nn.Parameter]:
         return named_norm_parameters(self.image_modules(), "image")
+
+    def named_image_norm_statistics(self) -> dict[str, torch.Tensor]:
+        """Running mean and variance buffers of the image tower's BatchNorm layers (empty without any)."""
+        return named_norm_parameters(self.image_modules(), "image", BATCHNORM_STATISTICS)
+
+    def named_image_norm_state(self) -> dict[str, torch.Tensor]:
+        """What ReCLIP-V may change in the image tower: its norm affines and BatchNorm statistics."""
+        return {**self.named_image_norm_parameters(), **self.named_image_norm_statistics()}
 
     def named_text_norm_parameters(self) -> dict[str, nn.Parameter]:
         return named_norm_parameters(self.text_modules(), "text")
