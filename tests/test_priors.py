@@ -92,7 +92,7 @@ def test_balanced_labels_are_the_argmax_after_em_and_mass_normalisation():
 
 
 def test_class_balance_switch_in_the_loop():
-    from reclip.method.config import ReclipConfig
+    from reclip.method.config import ReclipConfig, profile_for
     from reclip.method.heads import Heads
     from reclip.method.priors import balanced_labels
     from reclip.method.propagation import class_centroids, label_propagation
@@ -110,8 +110,7 @@ def test_class_balance_switch_in_the_loop():
     heads = lambda: Heads(v_classifier=classes.clone(), t_classifier=classes.clone(), t_full=classes.clone(),  # noqa: E731
                           t_original=classes.clone())
     for balance in ("off", "estimated"):
-        config = ReclipConfig(class_balance=balance).resolve(
-            __import__("reclip.method.config", fromlist=["PROFILES"]).PROFILES["apart"])
+        config = ReclipConfig(class_balance=balance).resolve(profile_for(False, "batchnorm"))
         h = heads()
         labels_t, labels_v, _ = branch_pseudo_labels(config, images, images, h, LabelPropagation(settings))
         if balance == "off":  # the paper's: label propagation's own labels and centroids
