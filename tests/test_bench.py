@@ -173,3 +173,16 @@ def test_intervals_average_only_cells_that_every_method_finished():
     rows = {(r.target, r.method, r.baseline): r for r in intervals([c[0] for c in cells], [c[1] for c in cells])}
     assert rows[("mean", "zero-shot", None)].interval.estimate == 0.25  # x only, like reclip's
     assert rows[("mean", "reclip", "zero-shot")].interval.estimate == 0.25 and ("y", "zero-shot", None) not in rows
+
+
+def test_the_fallback_line_names_the_method_and_each_cell_once():
+    from reclip.bench.tables import markdown
+
+    record = {"model": "bridge", "pretrained": None, "sample": 1, "acc1": 0.5, "acc5": 0.9,
+              "mean_per_class_recall": 0.5, "ece": 0.1, "seconds": 1.0, "dataset": "clean"}
+    records = [{**record, "method": "reclip", "fell_back": True},
+               {**record, "method": "reclip-v-frozen", "fell_back": True},
+               {**record, "method": "transductive", "fell_back": None}]
+    line = next(t for t in markdown(records).splitlines() if t.startswith("The safeguard fell back"))
+    assert line == ("The safeguard fell back to zero-shot on: reclip / clean / bridge / sample 1, "
+                    "reclip-v-frozen / clean / bridge / sample 1.")

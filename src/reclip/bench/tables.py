@@ -217,9 +217,9 @@ def markdown(records: Sequence[dict], rows: Sequence[Row] = ()) -> str:
     parts += _interval_tables(records, rows) if rows else []
     fell_back = [r for r in records if r.get("fell_back")]
     if fell_back:
-        parts += ["reclip kept zero-shot (the safeguard fell back) on: "
-                  + ", ".join(f"{r['dataset']} / {model_name(r)} / sample {r.get('sample', 0)}" for r in fell_back)
-                  + ".", ""]
+        parts += ["The safeguard fell back to zero-shot on: "
+                  + ", ".join(f"{r['method']} / {r['dataset']} / {model_name(r)} / sample {r.get('sample', 0)}"
+                              for r in fell_back) + ".", ""]
     for metric, title, scale, digits in (("acc1", "Top-1 (%)", 100, 2),
                                          ("mean_per_class_recall", "Mean per-class recall (%)", 100, 2),
                                          ("ece", "Expected calibration error (15 bins)", 1, 3),
