@@ -138,7 +138,7 @@ def gpu_model_part(arch: str, n: int, batch: int) -> dict:
     zs_seconds = time.perf_counter() - start
     frozen = Features(torch.cat(feats), torch.arange(n), torch.as_tensor(data.labels), [])
     config = ReclipConfig(epochs=1, batch_size=batch, workers=4)
-    state, _, _ = adapt(dual, data, frozen, ["a photo of a {}."], config)
+    state, _ = adapt(dual, data, frozen, ["a photo of a {}."], config)
     epoch = state.history[0]
     return {"arch": arch, "images": n, "batch": batch, "zeroshot_images_per_s_incl_synthesis": round(n / zs_seconds, 1),
             "epoch_seconds": epoch["seconds"], "train_images_per_s": epoch.get("train_images_per_s"),

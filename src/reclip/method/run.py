@@ -249,7 +249,7 @@ class _Run:
             for callback in self.callbacks:
                 callback.on_epoch_end(state.history[-1], epochs)
 
-        state, f_v, _ = adapt(model, dataset, view.features, self.templates, config, state, on_epoch_end=on_epoch_end,
+        state, f_v = adapt(model, dataset, view.features, self.templates, config, state, on_epoch_end=on_epoch_end,
                               optimizer_state=optimizer_state, posterior=posterior, propagate=self.stages.pseudo_labels)
         return state, f_v
 

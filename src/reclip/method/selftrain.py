@@ -118,7 +118,7 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
           config: ReclipConfig, state: RunState | None = None,
           on_epoch_end: Callable[[RunState, dict[str, torch.optim.Optimizer | None]], None] | None = None,
           optimizer_state: dict[str, dict] | None = None, posterior: torch.Tensor | None = None,
-          propagate: Transducer | None = None) -> tuple[RunState, torch.Tensor, torch.Tensor]:
+          propagate: Transducer | None = None) -> tuple[RunState, torch.Tensor]:
     """Run ReCLIP self-training on the readable images of ``dataset`` (``frozen``: the frozen
     tower's N x D features; T trains with ``templates[0]``; ``config`` resolved by ``for_model``).
 
@@ -127,7 +127,7 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
     (N x C, ``safeguard.frozen_posterior``) makes each epoch record its ``estimated_gain``;
     ``propagate`` labels the pseudo labels (default: label propagation with the config's
     settings). A non-finite loss or parameter is a ``ReclipError`` before that epoch's callback.
-    Returns the final state, V's final N x D features and the N x C prediction logits.
+    Returns the final state and V's final N x D features (``ReCLIP.fit`` fuses the final heads).
     """
     n, classnames = len(frozen.indices), dataset.classnames
     if propagate is None:
@@ -160,7 +160,7 @@ def adapt(model: DualEncoder, dataset: ImageDataset, frozen: Features, templates
         state.finish_epoch(stats)
         if on_epoch_end is not None:
             on_epoch_end(state, optimizers)
-    return state, f_v, prediction_logits(config, frozen.features, f_v, state.heads, confidence)
+    return state, f_v
 
 
 def fusion_confidence(config: ReclipConfig, f_frozen: torch.Tensor, heads: Heads, propagate: Transducer,
