@@ -110,7 +110,7 @@ def test_class_balance_switch_in_the_loop():
     heads = lambda: Heads(v_classifier=classes.clone(), t_classifier=classes.clone(), t_full=classes.clone(),  # noqa: E731
                           t_original=classes.clone())
     for balance in ("off", "estimated"):
-        config = ReclipConfig(class_balance=balance).resolve(profile_for(False, "batchnorm"))
+        config = ReclipConfig(class_balance=balance, v_head="centroids").resolve(profile_for(False, "batchnorm"))
         h = heads()
         labels_t, labels_v, _ = branch_pseudo_labels(config, images, images, h, LabelPropagation(settings))
         if balance == "off":  # the paper's: label propagation's own labels and centroids

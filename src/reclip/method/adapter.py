@@ -24,7 +24,7 @@ from ..io import atomic_path
 from ..models.base import DualEncoder
 from ..precision import autocast
 from ..predictions import Predictions
-from .config import CHOICES, TRAINING_MODES
+from .config import FUSION_RULES, TRAINING_MODES
 from .heads import Fusion, combined_logits
 from .weights import image_norms, load_into, read_safetensors
 
@@ -199,7 +199,7 @@ def _check_adapter(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> 
 
 def _check_fusion(path: Path, fusion: object, fix: str) -> None:
     """Refuse an adapter whose recorded head fusion is not a known rule with positive temperatures."""
-    rules = CHOICES["head_fusion"]
+    rules = FUSION_RULES
     if not isinstance(fusion, dict) or set(fusion) - {"rule", "temperature_t", "temperature_v"} \
             or fusion.get("rule", "average") not in rules:
         raise ReclipError(f"adapter {path}: metadata 'fusion' must name a rule ({', '.join(rules)}) and the "

@@ -13,6 +13,9 @@ from .. import checks
 from ..errors import ArgumentError
 
 MODES = ("reclip", "v-only", "t-only", "transductive", "transclip", "zero-shot")
+#: how a reclip run's prediction is made from T's and V's heads (``heads.combine``); ``head_fusion="auto"``
+#: resolves to one of them
+FUSION_RULES = ("average", "calibrated", "v")
 TRAINING_MODES = ("reclip", "v-only", "t-only")
 CHOICES: dict[str, tuple[Any, ...]] = {
     "mode": MODES,
@@ -23,7 +26,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "knn_backend": (None, "torch", "faiss"),
     "image_edges": ("auto", "projected", "full"),
     "pseudo_labels": ("propagated", "zero-shot"),
-    "head_fusion": ("average", "calibrated"),
+    "v_head": ("auto", "centroids", "linear"),
+    "head_fusion": ("auto",) + FUSION_RULES,
     "class_balance": ("off", "estimated"),
 }
 MANY_CLASSES = 500      # above this many classes the projection keeps MANY_CLASSES_CUT_DIM dimensions
@@ -110,7 +114,7 @@ class ReclipConfig:
       training) or ``zero-shot`` (the prompt-ensemble baseline).
     Propagation: k, alpha, cut_dim, knn, knn_backend, image_edges, project.
     Training: epochs, epoch_max, batch_size, lr_v, lr_t, momentum, weight_decay, v_loss,
-      v_graph, v_tower, v_bn_blend, t_template, agreement_filter, pseudo_labels, head_fusion, class_balance,
+      v_graph, v_tower, v_bn_blend, v_head, t_template, agreement_filter, pseudo_labels, head_fusion, class_balance,
       seed.
     Safeguard (reclip mode): safeguard, safeguard_gain, safeguard_level, calibrate.
     Runtime (how fast, never what): workers, threads (chosen together within the cores this
@@ -154,6 +158,11 @@ class ReclipConfig:
                                        "(Schneider et al. 2020's n / (N + n); 0: the source statistics, 1: AdaBN); "
                                        "default: by the image tower's norm layers (0 on every tower today)",
                                        float, SELF_TRAINING)
+    v_head: str = setting("auto", "training", "V's classifier: centroids (the label-propagation centroids of its "
+                          "pseudo labels, the paper's) or linear (a logistic-regression head trained on V's "
+                          "features and the pseudo labels both branches agree on); default auto: linear when V's "
+                          "tower is frozen (BatchNorm towers: the bridge, CLIP ResNets; chosen on dev targets), "
+                          "centroids when it trains", str, ("reclip", "v-only"))
     t_template: str | None = setting(None, "training", "the template ReCLIP-T trains and classifies with, put first "
                                      "among the templates (default: the first template)", str)
     project: bool = setting(True, "propagation", "ablation: build the label-propagation graph on unprojected "
@@ -164,10 +173,12 @@ class ReclipConfig:
                                  "predictions instead of propagated labels", str, SELF_TRAINING)
     # heads fused and classes kept in balance (docs/method.md, "Heads fused by what they know",
     # "Classes kept in balance"); average and off are the paper's
-    head_fusion: str = setting("average", "training", "reclip mode: how T's and V's heads make the prediction: "
-                               "average (their logits, the paper's; default) or calibrated (each head's "
-                               "log-probabilities at its own temperature, fitted so its mean confidence equals "
-                               "label propagation's, then averaged)", str, ("reclip",))
+    head_fusion: str = setting("auto", "training", "reclip mode: how T's and V's heads make the prediction: "
+                               "average (their logits, the paper's), calibrated (each head's log-probabilities at "
+                               "its own temperature, fitted so its mean confidence equals label propagation's, "
+                               "then averaged) or v (V's head alone; T still trains and chooses V's training "
+                               "samples); default auto: v with V's linear head, average with its centroids",
+                               str, ("reclip",))
     class_balance: str = setting("off", "training", "pseudo labels: off (label propagation's argmax, the paper's; "
                                  "default) or estimated (propagated posteriors moved to the class proportions "
                                  "estimated by EM on them, so a rare class is not absorbed and an absent one not "
@@ -240,8 +251,14 @@ class ReclipConfig:
         """This config with every default that depends on the model or the mode filled in, for
         the fields the mode uses: ``v_tower="auto"``, ``v_bn_blend=None``, ``alpha=None`` and
         ``image_edges="auto"`` from ``profile``, ``k=None`` from the mode (``K_TRANSCLIP`` for transclip, else
-        ``K_PROPAGATION``)."""
-        resolved = {"v_tower": profile.v_tower if self.v_tower == "auto" else self.v_tower,
+        ``K_PROPAGATION``); ``v_head="auto"`` from the resolved ``v_tower`` (``linear`` when V's tower
+        is frozen, else the paper's ``centroids``) and ``head_fusion="auto"`` from the resolved ``v_head``
+        (``v`` with the linear head, else the paper's ``average``)."""
+        v_tower = profile.v_tower if self.v_tower == "auto" else self.v_tower
+        v_head = ("linear" if v_tower == "frozen" else "centroids") if self.v_head == "auto" else self.v_head
+        resolved = {"v_tower": v_tower, "v_head": v_head,
+                    "head_fusion": ("v" if v_head == "linear" else "average") if self.head_fusion == "auto"
+                    else self.head_fusion,
                     "v_bn_blend": profile.v_bn_blend if self.v_bn_blend is None else self.v_bn_blend,
                     "image_edges": profile.image_edges if self.image_edges == "auto" else self.image_edges,
                     "alpha": profile.alpha if self.alpha is None else self.alpha,

@@ -1,12 +1,13 @@
 """The classification heads of ReCLIP, shared by training and inference (docs/method.md, "The loop").
 
 T's head is the frozen image tower's features against T's first-template text embeddings;
-V's head is V's image features against V's centroid classifier. ReCLIP predicts with their
-fusion (``head_fusion``): the paper's average ``0.5 * (logits_T + logits_V)``, or each head's
-logits first divided by its own temperature, fitted without labels so that the head's mean
-confidence equals label propagation's on the frozen model, and their log-probabilities
-averaged (docs/method.md, "Heads fused by what they know"); a single-branch mode predicts
-with its own head.
+V's head is V's image features against V's classifier: its label-propagation centroids (the
+paper's) or a linear head trained on its pseudo labels (``linear_head``, docs/method.md, "V's
+linear head"). ReCLIP predicts with their fusion (``head_fusion``): the paper's average
+``0.5 * (logits_T + logits_V)``; each head's logits first divided by its own temperature,
+fitted without labels so that the head's mean confidence equals label propagation's on the
+frozen model, and their log-probabilities averaged (docs/method.md, "Heads fused by what they
+know"); or V's head alone. A single-branch mode predicts with its own head.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..models.base import DualEncoder
+from ..runtime import torch_threads
 from .safeguard import fit_temperature
 from .zeroshot import LOGIT_SCALE, ensemble_classifiers
 
@@ -59,8 +61,8 @@ class Fusion:
 def fit_fusion(logits_t: torch.Tensor, logits_v: torch.Tensor, rule: str, confidence: float | None) -> Fusion:
     """The ``Fusion`` of ``rule`` for T's and V's N x C logits: for ``calibrated``, each head's
     temperature makes its mean largest probability equal ``confidence`` (label propagation's
-    mean confidence on the frozen model, ``safeguard.confidence_target``); ``average`` has none."""
-    if rule == "average":
+    mean confidence on the frozen model, ``safeguard.confidence_target``); ``average`` and ``v`` have none."""
+    if rule in ("average", "v"):
         return Fusion(rule)
     if confidence is None:
         raise ValueError("the calibrated fusion needs a confidence target")
@@ -83,13 +85,53 @@ def combined_logits(f_frozen: torch.Tensor, f_v: torch.Tensor, t_classifier: tor
     return combine(*head_logits(f_frozen, f_v, t_classifier, v_classifier), mode, fusion)
 
 
+#: L-BFGS iterations at most for ``linear_head`` (it stops earlier once the gradient is below LINEAR_HEAD_TOLERANCE)
+LINEAR_HEAD_ITERATIONS = 500
+LINEAR_HEAD_TOLERANCE = 1e-7
+
+
+def linear_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """V's linear head: the C x D classifier ``W`` of the multinomial logistic regression, without
+    intercept, of the (n,) ``labels`` on the n x D ``features``, with scikit-learn's default L2
+    strength (C = 1):
+
+        minimise  mean_i CE(f_i W^T, y_i) + ||W||^2 / (2 n)
+
+    from ``W = 0`` by L-BFGS (strong Wolfe line search) in float64 on one thread, so the result does
+    not depend on the thread count. A class without any label gets a row pointing away from the
+    others' images. Returns ``W / LOGIT_SCALE`` (float32, CPU), so that V's logits, ``LOGIT_SCALE *
+    f @ classifier.T`` like every head's, are ``f @ W.T``."""
+    x = features.detach().double().cpu()
+    n = len(x)
+    if n == 0:
+        raise ValueError("linear_head needs at least one labelled feature")
+    targets = torch.nn.functional.one_hot(labels.cpu(), num_classes).double()
+    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
+    l2 = 1.0 / n
+
+    def objective() -> torch.Tensor:
+        log_p = (x @ weight.T).log_softmax(dim=-1)
+        weight.grad = (log_p.exp() - targets).T @ x / n + l2 * weight
+        return -(targets * log_p).sum() / n + 0.5 * l2 * (weight * weight).sum()
+
+    with torch_threads(1), torch.inference_mode(False), torch.no_grad():
+        optimizer = torch.optim.LBFGS([weight], lr=1.0, max_iter=LINEAR_HEAD_ITERATIONS, history_size=20,
+                                      tolerance_grad=LINEAR_HEAD_TOLERANCE, tolerance_change=1e-12,
+                                      line_search_fn="strong_wolfe")
+        optimizer.step(objective)
+    return (weight / LOGIT_SCALE).float()
+
+
 def combine(logits_t: torch.Tensor, logits_v: torch.Tensor, mode: str, fusion: Fusion = Fusion()) -> torch.Tensor:
     """The N x C prediction logits of ``mode`` from T's and V's N x C logits: a branch's own for
     ``t-only`` / ``v-only``; for ``reclip`` the paper's ``0.5 * (logits_T + logits_V)``
-    (``fusion.rule == "average"``) or ``0.5 * (log_softmax(logits_T / tau_T) +
-    log_softmax(logits_V / tau_V))`` (``"calibrated"``, the temperatures of ``fusion``)."""
+    (``fusion.rule == "average"``), ``0.5 * (log_softmax(logits_T / tau_T) +
+    log_softmax(logits_V / tau_V))`` (``"calibrated"``, the temperatures of ``fusion``) or V's
+    own (``"v"``)."""
     if mode != "reclip":
         return {"v-only": logits_v, "t-only": logits_t}[mode]
+    if fusion.rule == "v":
+        return logits_v
     if fusion.rule == "average":
         return 0.5 * (logits_t + logits_v)
     return 0.5 * ((logits_t.float() / fusion.temperature_t).log_softmax(dim=-1)

@@ -39,7 +39,7 @@ from ..errors import ReclipError
 from ..precision import autocast, full_precision
 from ..progress import progress
 from .config import ReclipConfig
-from .heads import Heads, fuse, head_logits, text_heads
+from .heads import Heads, fuse, head_logits, linear_head, text_heads
 from .priors import balanced_labels
 from .propagation import class_centroids
 from .safeguard import confidence_target, estimated_gain, head_agreement
@@ -169,7 +169,7 @@ def fusion_confidence(config: ReclipConfig, f_frozen: torch.Tensor, heads: Heads
     the frozen model (the N x C ``posterior``; without it, ``propagate`` on the frozen N x D
     features with the frozen model's text embeddings as class nodes); None when the run's
     prediction needs none (the paper's average, or one branch)."""
-    if config.mode != "reclip" or config.head_fusion == "average":
+    if config.mode != "reclip" or config.head_fusion != "calibrated":
         return None
     if posterior is None:
         posterior = propagate(f_frozen, heads.t_original).probs
@@ -273,7 +273,7 @@ def branch_pseudo_labels(config: ReclipConfig, f_frozen: torch.Tensor, f_v: torc
     ``pseudo_labels="propagated"``: label propagation, T on the frozen features (N x D) with
     its full-template text embeddings as class nodes, V on its own features with its
     classifier (``v_graph="centroids"``) or the original text embeddings as class nodes;
-    V's classifier then becomes V's centroids (of its pseudo labels, ``propagated_labels``).
+    V's classifier then becomes ``v_classifier`` of its pseudo labels (``propagated_labels``).
     ``"zero-shot"`` (an ablation): each branch's own current prediction, no propagation, V's
     classifier unchanged.
     """
@@ -287,11 +287,24 @@ def branch_pseudo_labels(config: ReclipConfig, f_frozen: torch.Tensor, f_v: torc
     labels_t = propagated_labels(lp_t, config) if lp_t is not None else None
     labels_v = propagated_labels(lp_v, config) if lp_v is not None else None
     if lp_v is not None:
-        centroids = lp_v.centroids if config.class_balance == "off" else class_centroids(v_nodes, f_v, labels_v)
-        heads.v_classifier = centroids.float().cpu()
+        heads.v_classifier = v_classifier(config, lp_v, v_nodes, f_v, labels_v, labels_t)
     graphs = {branch: lp.info["knn_backend"] for branch, lp in (("t", lp_t), ("v", lp_v))
               if lp is not None and "knn_backend" in lp.info}
     return labels_t, labels_v, graphs
+
+
+def v_classifier(config: ReclipConfig, lp_v: Transduction, nodes: torch.Tensor, f_v: torch.Tensor,
+                 labels_v: torch.Tensor, labels_t: torch.Tensor | None) -> torch.Tensor:
+    """V's new C x D classifier from its propagation ``lp_v`` (class ``nodes`` C x D, V's N x D
+    features ``f_v``, its (N,) pseudo labels ``labels_v``, T's ``labels_t`` or None without T):
+    ``v_head="centroids"``, the paper's: the centroids of V's pseudo labels (label propagation's, or
+    of the balanced labels with ``class_balance``); ``"linear"``: ``heads.linear_head`` trained on V's
+    features and pseudo labels where both branches' labels agree (``agreement_mask``)."""
+    if config.v_head == "linear":
+        agree = agreement_mask(labels_t if labels_t is not None else labels_v, labels_v, config.agreement_filter)
+        return linear_head(f_v[agree], labels_v[agree], len(nodes))
+    centroids = lp_v.centroids if config.class_balance == "off" else class_centroids(nodes, f_v, labels_v)
+    return centroids.float().cpu()
 
 
 def propagated_labels(lp: Transduction, config: ReclipConfig) -> torch.Tensor:
