@@ -46,6 +46,7 @@ from reclip.method.heads import combine, head_logits
 from reclip.method.transduce.peers import LabelPropagation
 from reclip.method.safeguard import bounds, gain_per_image, keeps_adapted
 from reclip.bench import load_target
+from reclip.method.adapter import Adapter
 from reclip.io import write_json
 
 from dev_args import dev_parser, parse_dev_args
@@ -100,12 +101,13 @@ def target_row(model, name: str, n: int, seed: int) -> dict:
             "below_zero_shot": a["top1"] < z["top1"] or a["mean_per_class_recall"] < z["mean_per_class_recall"]}
 
 
-def bench_rows(model, folder: Path, data_root: str) -> list[dict]:
-    """Study rows of the finished default (``reclip-v-frozen``) runs of a ``reclip bench`` folder,
-    recomputed from each run's final checkpoint (its heads) and the cached frozen features:
-    label propagation's posterior, the adapted and zero-shot predictions, the per-image spreads."""
+def bench_rows(model, folder: Path, data_root: str, method: str) -> list[dict]:
+    """Study rows of the finished runs of bench ``method`` (frozen V) in a ``reclip bench`` folder,
+    recomputed from each run's final checkpoint (its heads, fused by the run's adapter's rule) and
+    the cached frozen features: label propagation's posterior, the adapted and zero-shot
+    predictions, the per-image spreads."""
     rows = []
-    for path in sorted((folder / "runs").glob("*__reclip-v-frozen__s*/checkpoint/state.safetensors")):
+    for path in sorted((folder / "runs").glob(f"*__{method}__s*/checkpoint/state.safetensors")):
         target, _, _, _, sample = path.parent.parent.name.split("__")
         metrics = json.loads((path.parent.parent / "metrics.json").read_text())
         dataset = load_target(target, data_root, metrics["n"], 0, int(sample[1:]))
@@ -117,7 +119,7 @@ def bench_rows(model, folder: Path, data_root: str) -> list[dict]:
         posterior = LabelPropagation(config.propagation_settings(len(dataset.classnames)), model.device)(
             f.features, heads["t_original"]).probs
         pred = combine(*head_logits(f.features, f.features, heads["t_classifier"], heads["v_classifier"]),
-                       "reclip").argmax(-1)
+                       "reclip", Adapter.load(path.parent.parent).fusion).argmax(-1)
         zero_shot = (f.features @ heads["t_original"].T).argmax(-1)
         gains = gain_per_image(posterior, pred, zero_shot)
         right = (pred == f.labels).float() - (zero_shot == f.labels).float()
@@ -236,17 +238,20 @@ def borrowed_rows(path: Path, rows: list[dict], donor_n: int) -> list[dict]:
 
 def main() -> None:
     parser = dev_parser(__doc__, RESULTS)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[300, 1000, 2000],
-                        help="images per target (each size draws its own targets)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[300, 1000, 2000],
+                        help="images per target (each size draws its own targets; none: only --bench's rows)")
     parser.add_argument("--borrow", type=Path, help="an earlier study's JSON at another size (the 2,000-image "
                         "safeguard_dev.json), added with per-image spreads borrowed from the largest size run")
-    parser.add_argument("--bench", type=Path, help="instead of new runs: the finished reclip-v-frozen runs of this "
+    parser.add_argument("--bench-method", default="reclip-v-frozen", help="the bench method --bench reads")
+    parser.add_argument("--bench", type=Path, help="add the rows of the finished --bench-method runs of this "
                         "`reclip bench` folder (dev targets), recomputed from their checkpoints")
     parser.add_argument("--data-root", default="/usr/share/datasets/fashion-mnist")
     args = parse_dev_args(parser)
     start = time.perf_counter()
     model = load_model("bridge")
-    rows = bench_rows(model, args.bench, args.data_root) if args.bench else collect(model, args)
+    rows = [r for r in collect(model, args) if "source" not in r] if args.sizes else []  # bench rows: below
+    if args.bench is not None:
+        rows += bench_rows(model, args.bench, args.data_root, args.bench_method)
     if args.borrow is not None:
         rows = [r for r in rows if "sd_from_n" not in r] + borrowed_rows(args.borrow, rows, max(r["n"] for r in rows))
     report = {"sizes": args.sizes, "seeds": args.seeds, "targets": rows, **summary(rows),

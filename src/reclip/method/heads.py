@@ -98,23 +98,23 @@ def linear_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
         minimise  mean_i CE(f_i W^T, y_i) + ||W||^2 / (2 n)
 
     from ``W = 0`` by L-BFGS (strong Wolfe line search) in float64 on one thread, so the result does
-    not depend on the thread count. A class without any label gets a row pointing away from the
-    others' images. Returns ``W / LOGIT_SCALE`` (float32, CPU), so that V's logits, ``LOGIT_SCALE *
+    not depend on the thread count (nor on an enclosing inference mode). A class without any label
+    gets a row pointing away from the images. Returns ``W / LOGIT_SCALE`` (float32, CPU), so that V's logits, ``LOGIT_SCALE *
     f @ classifier.T`` like every head's, are ``f @ W.T``."""
-    x = features.detach().double().cpu()
-    n = len(x)
+    n = len(features)
     if n == 0:
         raise ValueError("linear_head needs at least one labelled feature")
-    targets = torch.nn.functional.one_hot(labels.cpu(), num_classes).double()
-    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
     l2 = 1.0 / n
-
-    def objective() -> torch.Tensor:
-        log_p = (x @ weight.T).log_softmax(dim=-1)
-        weight.grad = (log_p.exp() - targets).T @ x / n + l2 * weight
-        return -(targets * log_p).sum() / n + 0.5 * l2 * (weight * weight).sum()
-
     with torch_threads(1), torch.inference_mode(False), torch.no_grad():
+        x = features.detach().cpu().double().clone()  # a normal tensor even if made under inference mode
+        targets = torch.nn.functional.one_hot(labels.cpu().clone(), num_classes).double()
+        weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
+
+        def objective() -> torch.Tensor:
+            log_p = (x @ weight.T).log_softmax(dim=-1)
+            weight.grad = (log_p.exp() - targets).T @ x / n + l2 * weight
+            return -(targets * log_p).sum() / n + 0.5 * l2 * (weight * weight).sum()
+
         optimizer = torch.optim.LBFGS([weight], lr=1.0, max_iter=LINEAR_HEAD_ITERATIONS, history_size=20,
                                       tolerance_grad=LINEAR_HEAD_TOLERANCE, tolerance_change=1e-12,
                                       line_search_fn="strong_wolfe")
