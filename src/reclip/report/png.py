@@ -49,7 +49,9 @@ def _accuracy_panel(ax: plt.Axes, metrics: dict[str, Any]) -> None:
     history, epochs = metrics["epochs"], len(metrics["epochs"])
     adapted = metrics.get("final_adapted", metrics["final"])
     xs = [h["epoch"] for h in history] + [epochs]
-    for key, label, colour in (("top1", "adapted model (T and V combined)", "tab:blue"),
+    fusion = metrics.get("config", {}).get("head_fusion", "average")
+    prediction = "V's head alone" if fusion == "v" else f"T and V fused: {fusion}"
+    for key, label, colour in (("top1", f"adapted model ({prediction})", "tab:blue"),
                                ("top1_t", "ReCLIP-T head", "tab:orange"), ("top1_v", "ReCLIP-V head", "tab:green")):
         ys = [h.get(key) for h in history] + [adapted.get(key)]
         if all(y is not None for y in ys):
