@@ -43,7 +43,7 @@ def main() -> None:
         adapted = (run.predictions.pred.numpy() == labels).astype(float)
         zero_shot = (run.zero_shot.pred.numpy() == labels).astype(float)
         change = bootstrap_interval([adapted], [zero_shot])
-        truth = "better" if change.low > 0 else "worse" if change.high < 0 else "noise"
+        truth = {"win": "better", "loss": "worse"}.get(change.verdict, "noise")
         rows.append({"model": cell["model"], "target": cell["dataset"], "sample": cell["sample"], "n": cell["n"],
                      "fell_back": bool(cell["fell_back"]), "reported_top1": cell["acc1"],
                      "adapted_top1": float(adapted.mean()), "zero_shot_top1": float(zero_shot.mean()),

@@ -99,8 +99,8 @@ def linear_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
 
     from ``W = 0`` by L-BFGS (strong Wolfe line search) in float64 on one thread, so the result does
     not depend on the thread count (nor on an enclosing inference mode). A class without any label
-    gets a row pointing away from the images. Returns ``W / LOGIT_SCALE`` (float32, CPU), so that V's logits, ``LOGIT_SCALE *
-    f @ classifier.T`` like every head's, are ``f @ W.T``."""
+    gets a row pointing away from the images. Returns ``W / LOGIT_SCALE`` (float32, CPU), so that
+    V's logits, ``LOGIT_SCALE * f @ classifier.T`` like every head's, are ``f @ W.T``."""
     n = len(features)
     if n == 0:
         raise ValueError("linear_head needs at least one labelled feature")
