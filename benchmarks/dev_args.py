@@ -15,15 +15,24 @@ def dev_parser(doc: str, out: Path) -> argparse.ArgumentParser:
     p.add_argument("--targets", nargs="+", default=list(DEV_TARGETS + HARD_DEV_TARGETS))
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--cells", nargs="+", metavar="TARGET:SEED",
+                   help="run exactly these (target, seed) samples instead of every target x seed")
     p.add_argument("--out", type=Path, default=out)
     return p
 
 
 def parse_dev_args(p: argparse.ArgumentParser) -> argparse.Namespace:
-    """Parsed arguments, with ``cells``: every (target, seed) pair, seed-major; exits with a usage
-    error when a target is not a dev target (``train-*``)."""
+    """Parsed arguments, with ``cells``: the (target, seed) pairs of ``--cells``, else every
+    (target, seed) pair, seed-major; exits with a usage error when a target is not a dev target
+    (``train-*``) or a cell is not ``TARGET:SEED``."""
     args = p.parse_args()
-    if any(not t.startswith("train-") for t in args.targets):
+    if args.cells:
+        try:
+            args.cells = [(target, int(seed)) for target, seed in (cell.rsplit(":", 1) for cell in args.cells)]
+        except ValueError:
+            p.error("--cells takes TARGET:SEED pairs, e.g. train-clean:0")
+    else:
+        args.cells = [(target, seed) for seed in args.seeds for target in args.targets]
+    if any(not target.startswith("train-") for target, _ in args.cells):
         p.error("use dev targets only (names starting with train-)")
-    args.cells = [(target, seed) for seed in args.seeds for target in args.targets]
     return args

@@ -1,16 +1,17 @@
 """Compare reclip settings on the dev targets only (Fashion-MNIST TRAIN split; never the reported ones).
 
     python benchmarks/dev_sweep.py --settings "" "lr_t=0.003" "epochs=3" "k=10" [--seeds 0 1] [--n 2000]
-        [--model bridge-lite1]
+        [--model bridge-lite1] [--cells train-clean:0 train-snow-5:1 ...]
 
-Each setting is a space-free list of ``name=value`` overrides of ``ReclipConfig`` (comma
+``--cells`` runs exactly the given (target, seed) samples instead of every target x seed, so
+one report pools samples drawn unevenly. Each setting is a space-free list of ``name=value`` overrides of ``ReclipConfig`` (comma
 separated; "" is the defaults). Every setting runs reclip through the library on
 DEV_TARGETS + HARD_DEV_TARGETS (features come from the cache); the labels of these dev
 targets score it: mean top-1, mean per-class recall, mean ECE and the dev targets left below
 zero-shot (top-1 or recall). Each setting after the first also gets the paired bootstrap 95%
 interval (``reclip.bench.stats``, images resampled within each target sample) of its mean top-1
-minus the first setting's (``vs_first``), and every setting of its mean top-1 minus zero-shot
-(``vs_zero_shot``). Writes benchmarks/results/dev_sweep.json (``--out``).
+minus the first setting's (``vs_first``) and minus every setting between them (``vs <setting>``), and every setting of its
+mean top-1 minus zero-shot (``vs_zero_shot``). Writes benchmarks/results/dev_sweep.json (``--out``).
 """
 from __future__ import annotations
 
@@ -51,7 +52,9 @@ def main() -> None:
     for name, seed in args.cells:
         datasets[name, seed] = load_target(name, None, args.n, seed)
         datasets[name, seed].transform = model.preprocess
-    report = {"model": args.model, "n": args.n, "seeds": args.seeds, "targets": args.targets, "settings": {}}
+    report = {"model": args.model, "n": args.n, "seeds": sorted({seed for _, seed in args.cells}),
+              "targets": list(dict.fromkeys(name for name, _ in args.cells)),
+              "cells": [f"{name}:{seed}" for name, seed in args.cells], "settings": {}}
     correct: dict[str, list] = {}
     for setting in args.settings:
         start = time.perf_counter()
@@ -75,8 +78,10 @@ def main() -> None:
         intervals = {"vs_zero_shot": bootstrap_interval(correct[setting], correct["zero-shot"]).as_dict()}
         if setting != args.settings[0]:
             intervals["vs_first"] = bootstrap_interval(correct[setting], correct[args.settings[0]]).as_dict()
+        for earlier in args.settings[1:args.settings.index(setting)]:
+            intervals[f"vs {earlier or 'defaults'}"] = bootstrap_interval(correct[setting], correct[earlier]).as_dict()
         report["settings"][setting or "defaults"] = {
-            "config": {**config.to_dict(), "seed": args.seeds}, "mean": mean, "below_zero_shot": below,
+            "config": {**config.to_dict(), "seed": report["seeds"]}, "mean": mean, "below_zero_shot": below,
             "intervals": intervals, "rows": rows, "seconds": round(time.perf_counter() - start, 1)}
         print(f"{setting or 'defaults':<32} top-1 {100 * mean['top1']:.2f}  recall {100 * mean['mean_per_class_recall']:.2f}  "
               f"ECE {mean['ece']:.3f}  below zero-shot: {', '.join(below) or 'none'}  "

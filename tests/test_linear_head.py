@@ -1,6 +1,7 @@
-"""V's linear head (docs/method.md, "V's linear head"): the regularised logistic regression by
-value, trained on the pseudo labels both branches agree on, resolved from V's tower, and the
-prediction made with it alone by default."""
+"""V's linear head and its blend with the centroids (docs/method.md, "V's linear head"): the
+regularised logistic regression by value, trained on the pseudo labels both branches agree on,
+the blend by value, both resolved from V's tower, and the prediction made with V's head alone by
+default."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 
 import reclip
 from reclip.method.config import profile_for
-from reclip.method.heads import Fusion, Heads, combine, fuse, linear_head
+from reclip.method.heads import Fusion, Heads, blend_head, combine, fuse, linear_head
+from reclip.method.safeguard import confidence_target
 from reclip.method.selftrain import branch_pseudo_labels
 from reclip.method.transduce.peers import LabelPropagation
 from reclip.method.zeroshot import LOGIT_SCALE
@@ -68,15 +70,17 @@ def test_v_head_and_prediction_follow_the_tower():
     config = reclip.ReclipConfig()
     assert (config.v_head, config.head_fusion) == ("auto", "auto")
     batchnorm = config.for_model(False, "batchnorm")  # the bridge: V's tower frozen
-    assert (batchnorm.v_tower, batchnorm.v_head, batchnorm.head_fusion) == ("frozen", "linear", "v")
+    assert (batchnorm.v_tower, batchnorm.v_head, batchnorm.head_fusion) == ("frozen", "blend", "v")
     layernorm = config.for_model(True, "layernorm")  # CLIP ViTs: the paper
     assert (layernorm.v_tower, layernorm.v_head, layernorm.head_fusion) == ("train", "centroids", "average")
     frozen = reclip.ReclipConfig(v_tower="frozen").for_model(True, "layernorm")
-    assert (frozen.v_head, frozen.head_fusion) == ("linear", "v")
+    assert (frozen.v_head, frozen.head_fusion) == ("blend", "v")
+    linear = reclip.ReclipConfig(v_head="linear").for_model(False, "batchnorm")
+    assert (linear.v_head, linear.head_fusion) == ("linear", "v")
     paper = reclip.ReclipConfig(v_head="centroids", head_fusion="average").for_model(False, "batchnorm")
     assert (paper.v_tower, paper.v_head, paper.head_fusion) == ("frozen", "centroids", "average")
     mixed = reclip.ReclipConfig(head_fusion="calibrated").for_model(False, "batchnorm")
-    assert (mixed.v_head, mixed.head_fusion) == ("linear", "calibrated")
+    assert (mixed.v_head, mixed.head_fusion) == ("blend", "calibrated")
     with pytest.raises(reclip.ConfigError, match="v_head"):
         reclip.ReclipConfig(v_head="mlp")
     with pytest.raises(reclip.ConfigError, match="v_head"):
@@ -90,13 +94,28 @@ def test_v_only_fusion_is_v_head_exactly():
     assert fusion == Fusion("v") and torch.equal(logits, v)
 
 
+def test_blend_head_by_value():
+    # one image, two classes: the centroids' logits 100 * (0.3, 0.1) = (30, 10), the linear head's (4, 6)
+    f = torch.tensor([[1.0, 0.0]])
+    centroids, linear = torch.tensor([[0.3, 0.0], [0.1, 0.0]]), torch.tensor([[0.04, 0.0], [0.06, 0.0]])
+    # at confidence 0.75 each head's temperature makes its top probability 3/4: a logit gap of ln 3
+    tau_c, tau_l = 20.0 / torch.log(torch.tensor(3.0)), 2.0 / torch.log(torch.tensor(3.0))
+    blended = blend_head(f, centroids, linear, 0.75)
+    torch.testing.assert_close(blended, 0.5 * (centroids / tau_c + linear / tau_l), rtol=1e-4, atol=1e-6)
+    # by hand: calibrated logits (1.5, 0.5) ln 3 and (2, 3) ln 3; they disagree equally surely, so the
+    # blend, their mean, is undecided: (1.75, 1.75) ln 3
+    torch.testing.assert_close(LOGIT_SCALE * f @ blended.T, torch.full((1, 2), 1.75 * 1.0986123), rtol=1e-4,
+                               atol=1e-4)
+
+
 @pytest.mark.parametrize("agreement_filter", [True, False])
 def test_v_head_is_trained_on_the_agreed_pseudo_labels(agreement_filter):
     classes, images, _ = mixture()
     # T's class nodes moved away from the original text embeddings, so T's and V's labels differ
     t_full = torch.nn.functional.normalize(classes + 0.9 * classes.roll(1, dims=0), dim=1)
     heads = Heads(v_classifier=classes.clone(), t_classifier=t_full.clone(), t_full=t_full, t_original=classes.clone())
-    config = reclip.ReclipConfig(agreement_filter=agreement_filter).resolve(profile_for(False, "batchnorm"))
+    config = reclip.ReclipConfig(agreement_filter=agreement_filter, v_head="linear").resolve(
+        profile_for(False, "batchnorm"))
     labels_t, labels_v, _ = branch_pseudo_labels(config, images, images, heads, LabelPropagation(SETTINGS))
     agree = labels_t == labels_v
     assert 0 < int(agree.sum()) < len(agree)
@@ -104,3 +123,17 @@ def test_v_head_is_trained_on_the_agreed_pseudo_labels(agreement_filter):
     torch.testing.assert_close(heads.v_classifier, linear_head(images[keep], labels_v[keep], len(classes)))
     if agreement_filter:  # the disagreeing images change the head
         assert not torch.allclose(heads.v_classifier, linear_head(images, labels_v, len(classes)))
+
+
+def test_v_blend_in_the_loop_is_its_centroids_and_linear_head_at_label_propagations_confidence():
+    classes, images, _ = mixture()
+    t_full = torch.nn.functional.normalize(classes + 0.9 * classes.roll(1, dims=0), dim=1)
+    heads = Heads(v_classifier=classes.clone(), t_classifier=t_full.clone(), t_full=t_full, t_original=classes.clone())
+    config = reclip.ReclipConfig().resolve(profile_for(False, "batchnorm"))
+    assert config.v_head == "blend"
+    labels_t, labels_v, _ = branch_pseudo_labels(config, images, images, heads, LabelPropagation(SETTINGS))
+    lp_v = LabelPropagation(SETTINGS)(images, classes)  # V's propagation, its class nodes V's classifier before
+    agree = labels_t == labels_v
+    expected = blend_head(images, lp_v.centroids.float(), linear_head(images[agree], labels_v[agree], len(classes)),
+                          confidence_target(lp_v.probs))
+    torch.testing.assert_close(heads.v_classifier, expected)

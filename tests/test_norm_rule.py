@@ -161,8 +161,8 @@ def test_a_run_resolves_v_from_the_towers_norm_layers(domain, tmp_path):
     assert result.metrics["profile"]["name"] == "contrastive/batchnorm"
     assert (result.metrics["config"]["v_tower"], result.metrics["config"]["v_bn_blend"]) == NORM_RULES["batchnorm"]
     assert result.metrics["config"]["alpha"] == 0.99
-    # a frozen tower: V's classifier is the linear head, and the run predicts with V's head alone
-    assert (result.metrics["config"]["v_head"], result.metrics["config"]["head_fusion"]) == ("linear", "v")
+    # a frozen tower: V's classifier is the blended head, and the run predicts with V's head alone
+    assert (result.metrics["config"]["v_head"], result.metrics["config"]["head_fusion"]) == ("blend", "v")
     assert result.adapter.fusion.rule == "v"
     torch.testing.assert_close(result.logits["combined"], result.logits["v"])
     assert not torch.allclose(result.logits["v"], result.logits["t"], atol=1e-3)

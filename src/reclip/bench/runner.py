@@ -54,6 +54,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "reclip-balance-estimated": {"mode": "reclip", "class_balance": "estimated"},
     # the paper's V head and prediction (centroids, averaged with T's) whatever V's tower
     "reclip-paper-heads": {"mode": "reclip", "v_head": "centroids", "head_fusion": "average"},
+    # V's linear head alone, predicting alone (the default on frozen towers before the blend)
+    "reclip-linear-head": {"mode": "reclip", "v_head": "linear"},
     # V on BatchNorm towers (docs/method.md, "Norm-aware V"): affines at a tenth of the lr, BatchNorm
     # statistics blended with the target's (share 0.2 or 0.5) with the affines frozen or trained
     "reclip-v-train-lr1e-4": {"mode": "reclip", "v_tower": "train", "lr_v": 1e-4},

@@ -26,7 +26,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "knn_backend": (None, "torch", "faiss"),
     "image_edges": ("auto", "projected", "full"),
     "pseudo_labels": ("propagated", "zero-shot"),
-    "v_head": ("auto", "centroids", "linear"),
+    "v_head": ("auto", "centroids", "linear", "blend"),
     "head_fusion": ("auto",) + FUSION_RULES,
     "class_balance": ("off", "estimated"),
 }
@@ -159,10 +159,11 @@ class ReclipConfig:
                                        "default: by the image tower's norm layers (0 on every tower today)",
                                        float, SELF_TRAINING)
     v_head: str = setting("auto", "training", "V's classifier: centroids (the label-propagation centroids of its "
-                          "pseudo labels, the paper's) or linear (a logistic-regression head trained on V's "
-                          "features and the pseudo labels both branches agree on); default auto: linear when V's "
-                          "tower is frozen (BatchNorm towers: the bridge, CLIP ResNets; chosen on dev targets), "
-                          "centroids when it trains", str, ("reclip", "v-only"))
+                          "pseudo labels, the paper's), linear (a logistic-regression head trained on V's "
+                          "features and the pseudo labels both branches agree on) or blend (the two, each at the "
+                          "temperature that makes its mean confidence label propagation's, averaged); default "
+                          "auto: blend when V's tower is frozen (BatchNorm towers: the bridge, CLIP ResNets; "
+                          "chosen on dev targets), centroids when it trains", str, ("reclip", "v-only"))
     t_template: str | None = setting(None, "training", "the template ReCLIP-T trains and classifies with, put first "
                                      "among the templates (default: the first template)", str)
     project: bool = setting(True, "propagation", "ablation: build the label-propagation graph on unprojected "
@@ -177,7 +178,7 @@ class ReclipConfig:
                                "average (their logits, the paper's), calibrated (each head's log-probabilities at "
                                "its own temperature, fitted so its mean confidence equals label propagation's, "
                                "then averaged) or v (V's head alone; T still trains and chooses V's training "
-                               "samples); default auto: v with V's linear head, average with its centroids",
+                               "samples); default auto: v with V's trained head (linear or blend), average with its centroids",
                                str, ("reclip",))
     class_balance: str = setting("off", "training", "pseudo labels: off (label propagation's argmax, the paper's; "
                                  "default) or estimated (propagated posteriors moved to the class proportions "
@@ -251,13 +252,13 @@ class ReclipConfig:
         """This config with every default that depends on the model or the mode filled in, for
         the fields the mode uses: ``v_tower="auto"``, ``v_bn_blend=None``, ``alpha=None`` and
         ``image_edges="auto"`` from ``profile``, ``k=None`` from the mode (``K_TRANSCLIP`` for transclip, else
-        ``K_PROPAGATION``); ``v_head="auto"`` from the resolved ``v_tower`` (``linear`` when V's tower
+        ``K_PROPAGATION``); ``v_head="auto"`` from the resolved ``v_tower`` (``blend`` when V's tower
         is frozen, else the paper's ``centroids``) and ``head_fusion="auto"`` from the resolved ``v_head``
-        (``v`` with the linear head, else the paper's ``average``)."""
+        (``v`` with a trained head, linear or blend, else the paper's ``average``)."""
         v_tower = profile.v_tower if self.v_tower == "auto" else self.v_tower
-        v_head = ("linear" if v_tower == "frozen" else "centroids") if self.v_head == "auto" else self.v_head
+        v_head = ("blend" if v_tower == "frozen" else "centroids") if self.v_head == "auto" else self.v_head
         resolved = {"v_tower": v_tower, "v_head": v_head,
-                    "head_fusion": ("v" if v_head == "linear" else "average") if self.head_fusion == "auto"
+                    "head_fusion": ("average" if v_head == "centroids" else "v") if self.head_fusion == "auto"
                     else self.head_fusion,
                     "v_bn_blend": profile.v_bn_blend if self.v_bn_blend is None else self.v_bn_blend,
                     "image_edges": profile.image_edges if self.image_edges == "auto" else self.image_edges,

@@ -2,8 +2,8 @@
 
 T's head is the frozen image tower's features against T's first-template text embeddings;
 V's head is V's image features against V's classifier: its label-propagation centroids (the
-paper's) or a linear head trained on its pseudo labels (``linear_head``, docs/method.md, "V's
-linear head"). ReCLIP predicts with their fusion (``head_fusion``): the paper's average
+paper's), a linear head trained on its pseudo labels (``linear_head``, docs/method.md, "V's
+linear head"), or the two blended at calibrated temperatures (``blend_head``). ReCLIP predicts with their fusion (``head_fusion``): the paper's average
 ``0.5 * (logits_T + logits_V)``; each head's logits first divided by its own temperature,
 fitted without labels so that the head's mean confidence equals label propagation's on the
 frozen model, and their log-probabilities averaged (docs/method.md, "Heads fused by what they
@@ -120,6 +120,20 @@ def linear_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
                                       line_search_fn="strong_wolfe")
         optimizer.step(objective)
     return (weight / LOGIT_SCALE).float()
+
+
+def blend_head(features: torch.Tensor, centroids: torch.Tensor, linear: torch.Tensor,
+               confidence: float) -> torch.Tensor:
+    """V's blended classifier, C x D: ``(centroids / tau_c + linear / tau_l) / 2``, each ``tau`` the
+    temperature (``fit_temperature``) at which that C x D classifier's head on the N x D ``features``
+    (``LOGIT_SCALE * f @ W.T``) has mean largest probability ``confidence`` (label propagation's, a
+    label-free estimate of the accuracy). Its logits are the mean of the two calibrated heads' logits,
+    so its softmax is that of the mean of their log-probabilities, as the ``calibrated`` fusion does
+    for T and V: the centroids (blind to class shares) and the linear head (which learns them from the
+    pseudo labels) each count by what they are sure of, not by the spread of their logits."""
+    tau_c = fit_temperature(LOGIT_SCALE * features.float() @ centroids.float().T, confidence)
+    tau_l = fit_temperature(LOGIT_SCALE * features.float() @ linear.float().T, confidence)
+    return 0.5 * (centroids.float().cpu() / tau_c + linear.float().cpu() / tau_l)
 
 
 def combine(logits_t: torch.Tensor, logits_v: torch.Tensor, mode: str, fusion: Fusion = Fusion()) -> torch.Tensor:
