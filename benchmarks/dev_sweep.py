@@ -4,14 +4,15 @@
         [--model bridge-lite1] [--cells train-clean:0 train-snow-5:1 ...]
 
 ``--cells`` runs exactly the given (target, seed) samples instead of every target x seed, so
-one report pools samples drawn unevenly. Each setting is a space-free list of ``name=value`` overrides of ``ReclipConfig`` (comma
-separated; "" is the defaults). Every setting runs reclip through the library on
-DEV_TARGETS + HARD_DEV_TARGETS (features come from the cache); the labels of these dev
-targets score it: mean top-1, mean per-class recall, mean ECE and the dev targets left below
-zero-shot (top-1 or recall). Each setting after the first also gets the paired bootstrap 95%
-interval (``reclip.bench.stats``, images resampled within each target sample) of its mean top-1
-minus the first setting's (``vs_first``) and minus every setting between them (``vs <setting>``), and every setting of its
-mean top-1 minus zero-shot (``vs_zero_shot``). Writes benchmarks/results/dev_sweep.json (``--out``).
+one report pools samples drawn unevenly. Each setting is a space-free list of ``name=value``
+overrides of ``ReclipConfig`` (comma separated; "" is the defaults). Every setting runs reclip
+through the library on DEV_TARGETS + HARD_DEV_TARGETS (features come from the cache); the labels
+of these dev targets score it: mean top-1, mean per-class recall, mean ECE and the dev targets
+left below zero-shot (top-1 or recall). Each setting after the first also gets the paired
+bootstrap 95% interval (``reclip.bench.stats``, images resampled within each target sample) of
+its mean top-1 minus the first setting's (``vs_first``) and minus every setting between them
+(``vs <setting>``), and every setting of its mean top-1 minus zero-shot (``vs_zero_shot``).
+Writes benchmarks/results/dev_sweep.json (``--out``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""V's linear head and its blend with the centroids (docs/method.md, "V's linear head"): the
+"""V's linear head and its blend with the centroids (docs/method.md, "V's trained head"): the
 regularised logistic regression by value, trained on the pseudo labels both branches agree on,
 the blend by value, both resolved from V's tower, and the prediction made with V's head alone by
 default."""

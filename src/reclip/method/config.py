@@ -178,7 +178,8 @@ class ReclipConfig:
                                "average (their logits, the paper's), calibrated (each head's log-probabilities at "
                                "its own temperature, fitted so its mean confidence equals label propagation's, "
                                "then averaged) or v (V's head alone; T still trains and chooses V's training "
-                               "samples); default auto: v with V's trained head (linear or blend), average with its centroids",
+                               "samples); default auto: v with V's trained head (linear or blend), average with "
+                               "its centroids",
                                str, ("reclip",))
     class_balance: str = setting("off", "training", "pseudo labels: off (label propagation's argmax, the paper's; "
                                  "default) or estimated (propagated posteriors moved to the class proportions "

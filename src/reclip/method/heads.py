@@ -2,9 +2,9 @@
 
 T's head is the frozen image tower's features against T's first-template text embeddings;
 V's head is V's image features against V's classifier: its label-propagation centroids (the
-paper's), a linear head trained on its pseudo labels (``linear_head``, docs/method.md, "V's
-linear head"), or the two blended at calibrated temperatures (``blend_head``). ReCLIP predicts with their fusion (``head_fusion``): the paper's average
-``0.5 * (logits_T + logits_V)``; each head's logits first divided by its own temperature,
+paper's), a linear head trained on its pseudo labels (``linear_head``), or the two blended at
+calibrated temperatures (``blend_head``; docs/method.md, "V's trained head"). ReCLIP predicts
+with their fusion (``head_fusion``): the paper's average ``0.5 * (logits_T + logits_V)``; each head's logits first divided by its own temperature,
 fitted without labels so that the head's mean confidence equals label propagation's on the
 frozen model, and their log-probabilities averaged (docs/method.md, "Heads fused by what they
 know"); or V's head alone. A single-branch mode predicts with its own head.
@@ -25,7 +25,7 @@ from .zeroshot import LOGIT_SCALE, ensemble_classifiers
 class Heads:
     """Everything the combined classifier needs besides the tower weights.
 
-    ``v_classifier`` C x D (V's centroids), ``t_classifier`` C x D (first-template text
+    ``v_classifier`` C x D (V's classifier: centroids, linear head or their blend), ``t_classifier`` C x D (first-template text
     embeddings of the current text tower), ``t_full`` C x D (full-template embeddings:
     T's projection and class nodes), ``t_original`` C x D (the frozen model's full-template
     embeddings: V's projection and class nodes for the whole run).
@@ -131,9 +131,10 @@ def blend_head(features: torch.Tensor, centroids: torch.Tensor, linear: torch.Te
     so its softmax is that of the mean of their log-probabilities, as the ``calibrated`` fusion does
     for T and V: the centroids (blind to class shares) and the linear head (which learns them from the
     pseudo labels) each count by what they are sure of, not by the spread of their logits."""
-    tau_c = fit_temperature(LOGIT_SCALE * features.float() @ centroids.float().T, confidence)
-    tau_l = fit_temperature(LOGIT_SCALE * features.float() @ linear.float().T, confidence)
-    return 0.5 * (centroids.float().cpu() / tau_c + linear.float().cpu() / tau_l)
+    f, centroids, linear = features.float().cpu(), centroids.float().cpu(), linear.float().cpu()
+    tau_c = fit_temperature(LOGIT_SCALE * f @ centroids.T, confidence)
+    tau_l = fit_temperature(LOGIT_SCALE * f @ linear.T, confidence)
+    return 0.5 * (centroids / tau_c + linear / tau_l)
 
 
 def combine(logits_t: torch.Tensor, logits_v: torch.Tensor, mode: str, fusion: Fusion = Fusion()) -> torch.Tensor:
