@@ -128,11 +128,16 @@ def test_v_head_is_trained_on_the_agreed_pseudo_labels(agreement_filter):
 def test_v_blend_in_the_loop_is_its_centroids_and_linear_head_at_label_propagations_confidence():
     classes, images, _ = mixture()
     t_full = torch.nn.functional.normalize(classes + 0.9 * classes.roll(1, dims=0), dim=1)
-    heads = Heads(v_classifier=classes.clone(), t_classifier=t_full.clone(), t_full=t_full, t_original=classes.clone())
-    config = reclip.ReclipConfig().resolve(profile_for(False, "batchnorm"))
+    # V's graph on its own classifier, which differs from the text embeddings: V's propagation (whose
+    # centroids and confidence the blend takes) is then not the frozen model's
+    v_nodes = torch.nn.functional.normalize(classes + 0.5 * classes.roll(-1, dims=0), dim=1)
+    heads = Heads(v_classifier=v_nodes.clone(), t_classifier=t_full.clone(), t_full=t_full, t_original=classes.clone())
+    config = reclip.ReclipConfig(v_graph="centroids").resolve(profile_for(False, "batchnorm"))
     assert config.v_head == "blend"
     labels_t, labels_v, _ = branch_pseudo_labels(config, images, images, heads, LabelPropagation(SETTINGS))
-    lp_v = LabelPropagation(SETTINGS)(images, classes)  # V's propagation, its class nodes V's classifier before
+    lp_v = LabelPropagation(SETTINGS)(images, v_nodes)
+    frozen = LabelPropagation(SETTINGS)(images, classes)
+    assert abs(confidence_target(lp_v.probs) - confidence_target(frozen.probs)) > 1e-3
     agree = labels_t == labels_v
     expected = blend_head(images, lp_v.centroids.float(), linear_head(images[agree], labels_v[agree], len(classes)),
                           confidence_target(lp_v.probs))
