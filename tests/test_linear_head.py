@@ -57,6 +57,22 @@ def test_linear_head_minimises_the_regularised_cross_entropy():
         linear_head(x[:0], y[:0], 4)
 
 
+def test_linear_head_on_soft_targets_minimises_their_cross_entropy():
+    _, x, y = mixture()
+    n = len(x)
+    generator = torch.Generator().manual_seed(5)
+    soft = torch.softmax(2.0 * torch.randn(n, 4, generator=generator), dim=1)  # rows summing to 1
+    head = linear_head(x, soft, 4)
+    weight = head.double() * LOGIT_SCALE
+    # the dense reference: cross_entropy with probability targets is mean_i -sum_c q_ic log p_ic
+    assert gradient_at(weight, x, soft.double(), 1.0 / n).abs().max() < 1e-5
+    assert gradient_at(weight, x, y, 1.0 / n).abs().max() > 1e-3  # not the hard labels' minimum
+    # one-hot rows are the hard labels, to the bit
+    assert torch.equal(linear_head(x, torch.nn.functional.one_hot(y, 4).float(), 4), linear_head(x, y, 4))
+    with pytest.raises(ValueError, match="soft targets must be 90 x 4"):
+        linear_head(x, soft[:, :3], 4)
+
+
 def test_linear_head_fits_the_classes_and_ignores_inference_mode():
     _, x, y = mixture(sizes=(50, 50, 50))
     with torch.inference_mode():
@@ -123,6 +139,20 @@ def test_v_head_is_trained_on_the_agreed_pseudo_labels(agreement_filter):
     torch.testing.assert_close(heads.v_classifier, linear_head(images[keep], labels_v[keep], len(classes)))
     if agreement_filter:  # the disagreeing images change the head
         assert not torch.allclose(heads.v_classifier, linear_head(images, labels_v, len(classes)))
+
+
+def test_v_head_on_the_posterior_is_fitted_to_v_propagations_probabilities():
+    classes, images, _ = mixture()
+    t_full = torch.nn.functional.normalize(classes + 0.9 * classes.roll(1, dims=0), dim=1)
+    heads = Heads(v_classifier=classes.clone(), t_classifier=t_full.clone(), t_full=t_full, t_original=classes.clone())
+    config = reclip.ReclipConfig(v_head="linear", v_head_targets="posterior").resolve(profile_for(False, "batchnorm"))
+    labels_t, labels_v, _ = branch_pseudo_labels(config, images, images, heads, LabelPropagation(SETTINGS))
+    lp_v = LabelPropagation(SETTINGS)(images, classes)
+    torch.testing.assert_close(heads.v_classifier, linear_head(images, lp_v.probs, len(classes)))
+    agree = labels_t == labels_v
+    assert not torch.allclose(heads.v_classifier, linear_head(images[agree], labels_v[agree], len(classes)))
+    with pytest.raises(reclip.ConfigError, match="v_head_targets"):
+        reclip.ReclipConfig(v_head_targets="all")
 
 
 def test_v_blend_in_the_loop_is_its_centroids_and_linear_head_at_label_propagations_confidence():

@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "image_edges": ("auto", "projected", "full"),
     "pseudo_labels": ("propagated", "zero-shot"),
     "v_head": ("auto", "centroids", "linear", "blend"),
+    "v_head_targets": ("agreed", "posterior"),
     "head_fusion": ("auto",) + FUSION_RULES,
     "class_balance": ("off", "estimated"),
 }
@@ -114,7 +115,7 @@ class ReclipConfig:
       training) or ``zero-shot`` (the prompt-ensemble baseline).
     Propagation: k, alpha, cut_dim, knn, knn_backend, image_edges, project.
     Training: epochs, epoch_max, batch_size, lr_v, lr_t, momentum, weight_decay, v_loss,
-      v_graph, v_tower, v_bn_blend, v_head, t_template, agreement_filter, pseudo_labels, head_fusion, class_balance,
+      v_graph, v_tower, v_bn_blend, v_head, v_head_targets, t_template, agreement_filter, pseudo_labels, head_fusion, class_balance,
       seed.
     Safeguard (reclip mode): safeguard, safeguard_gain, safeguard_level, calibrate.
     Runtime (how fast, never what): workers, threads (chosen together within the cores this
@@ -164,6 +165,10 @@ class ReclipConfig:
                           "temperature that makes its mean confidence label propagation's, averaged); default "
                           "auto: blend when V's tower is frozen (BatchNorm towers: the bridge, CLIP ResNets; "
                           "chosen on dev targets), centroids when it trains", str, ("reclip", "v-only"))
+    v_head_targets: str = setting("agreed", "training", "what V's linear head (v_head linear or blend) is fitted "
+                                  "to: agreed (the pseudo labels both branches agree on) or posterior (V's "
+                                  "label-propagation probabilities of every image, as soft targets)", str,
+                                  ("reclip", "v-only"))
     t_template: str | None = setting(None, "training", "the template ReCLIP-T trains and classifies with, put first "
                                      "among the templates (default: the first template)", str)
     project: bool = setting(True, "propagation", "ablation: build the label-propagation graph on unprojected "

@@ -90,30 +90,36 @@ LINEAR_HEAD_ITERATIONS = 500
 LINEAR_HEAD_TOLERANCE = 1e-7
 
 
-def linear_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def linear_head(features: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """V's linear head: the C x D classifier ``W`` of the multinomial logistic regression, without
-    intercept, of the (n,) ``labels`` on the n x D ``features``, with scikit-learn's default L2
-    strength (C = 1):
+    intercept, of the ``targets`` on the n x D ``features``, with scikit-learn's default L2 strength
+    (C = 1):
 
-        minimise  mean_i CE(f_i W^T, y_i) + ||W||^2 / (2 n)
+        minimise  mean_i CE(f_i W^T, q_i) + ||W||^2 / (2 n)
 
-    from ``W = 0`` by L-BFGS (strong Wolfe line search) in float64 on one thread, so the result does
-    not depend on the thread count (nor on an enclosing inference mode). A class without any label
-    gets a row pointing away from the images. Returns ``W / LOGIT_SCALE`` (float32, CPU), so that
-    V's logits, ``LOGIT_SCALE * f @ classifier.T`` like every head's, are ``f @ W.T``."""
+    where ``q_i`` is the one-hot row of label ``targets[i]`` (hard targets: (n,) class indices) or
+    ``targets[i]`` itself (soft targets: n x C rows summing to 1, e.g. label propagation's
+    probabilities), from ``W = 0`` by L-BFGS (strong Wolfe line search) in float64 on one thread, so
+    the result does not depend on the thread count (nor on an enclosing inference mode). A class
+    without any label gets a row pointing away from the images. Returns ``W / LOGIT_SCALE``
+    (float32, CPU), so that V's logits, ``LOGIT_SCALE * f @ classifier.T`` like every head's, are
+    ``f @ W.T``."""
     n = len(features)
     if n == 0:
         raise ValueError("linear_head needs at least one labelled feature")
+    if targets.dim() == 2 and tuple(targets.shape) != (n, num_classes):
+        raise ValueError(f"soft targets must be {n} x {num_classes}; got {tuple(targets.shape)}")
     l2 = 1.0 / n
     with torch_threads(1), torch.inference_mode(False), torch.no_grad():
         x = features.detach().cpu().double().clone()  # a normal tensor even if made under inference mode
-        targets = torch.nn.functional.one_hot(labels.cpu().clone(), num_classes).double()
+        q = (torch.nn.functional.one_hot(targets.cpu().clone(), num_classes) if targets.dim() == 1
+             else targets.detach().cpu().clone()).double()
         weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
 
         def objective() -> torch.Tensor:
             log_p = (x @ weight.T).log_softmax(dim=-1)
-            weight.grad = (log_p.exp() - targets).T @ x / n + l2 * weight
-            return -(targets * log_p).sum() / n + 0.5 * l2 * (weight * weight).sum()
+            weight.grad = (log_p.exp() - q).T @ x / n + l2 * weight
+            return -(q * log_p).sum() / n + 0.5 * l2 * (weight * weight).sum()
 
         optimizer = torch.optim.LBFGS([weight], lr=1.0, max_iter=LINEAR_HEAD_ITERATIONS, history_size=20,
                                       tolerance_grad=LINEAR_HEAD_TOLERANCE, tolerance_change=1e-12,

@@ -299,14 +299,19 @@ def v_classifier(config: ReclipConfig, lp_v: Transduction, nodes: torch.Tensor, 
     features ``f_v``, its (N,) pseudo labels ``labels_v``, T's ``labels_t`` or None without T):
     ``v_head="centroids"``, the paper's: the centroids of V's pseudo labels (label propagation's, or
     of the balanced labels with ``class_balance``); ``"linear"``: ``heads.linear_head`` trained on V's
-    features and pseudo labels where both branches' labels agree (``agreement_mask``); ``"blend"``:
+    features and pseudo labels where both branches' labels agree (``agreement_mask``;
+    ``v_head_targets="agreed"``) or on all V's features with ``lp_v``'s N x C probabilities as soft
+    targets (``"posterior"``); ``"blend"``:
     the two blended by ``heads.blend_head`` at the mean confidence of ``lp_v``'s probabilities."""
     centroids = lp_v.centroids if config.class_balance == "off" else class_centroids(nodes, f_v, labels_v)
     centroids = centroids.float().cpu()
     if config.v_head == "centroids":
         return centroids
-    agree = agreement_mask(labels_t if labels_t is not None else labels_v, labels_v, config.agreement_filter)
-    linear = linear_head(f_v[agree], labels_v[agree], len(nodes))
+    if config.v_head_targets == "posterior":
+        linear = linear_head(f_v, lp_v.probs, len(nodes))
+    else:
+        agree = agreement_mask(labels_t if labels_t is not None else labels_v, labels_v, config.agreement_filter)
+        linear = linear_head(f_v[agree], labels_v[agree], len(nodes))
     if config.v_head == "linear":
         return linear
     return blend_head(f_v, centroids, linear, confidence_target(lp_v.probs))
