@@ -153,6 +153,12 @@ def test_v_head_on_the_posterior_is_fitted_to_v_propagations_probabilities():
     assert not torch.allclose(heads.v_classifier, linear_head(images[agree], labels_v[agree], len(classes)))
     with pytest.raises(reclip.ConfigError, match="v_head_targets"):
         reclip.ReclipConfig(v_head_targets="all")
+    # never silently ignored: the centroid head has no linear part to fit
+    with pytest.raises(reclip.ConfigError, match="v_head_targets.*v_head centroids"):
+        reclip.ReclipConfig(v_head="centroids", v_head_targets="posterior")
+    with pytest.raises(reclip.ConfigError, match="v_head_targets.*resolves to the centroids"):
+        reclip.ReclipConfig(v_head_targets="posterior").for_model(True, "layernorm")
+    assert reclip.ReclipConfig(v_head_targets="posterior").for_model(True, "batchnorm").v_head == "blend"
 
 
 def test_v_blend_in_the_loop_is_its_centroids_and_linear_head_at_label_propagations_confidence():
