@@ -242,9 +242,7 @@ class ReclipConfig:
         if self.t_template is not None and (not isinstance(self.t_template, str) or "{}" not in self.t_template):
             raise ConfigError("t_template", f"must be a template with {{}} where the class name goes; "
                                             f"got {self.t_template!r}")
-        if self.v_head == "centroids" and self.v_head_targets != "agreed":
-            raise ConfigError("v_head_targets", "only sets what V's linear head is fitted to (v_head linear or "
-                                                "blend); with v_head centroids leave it out")
+        self._check_v_head_targets(self.v_head)
         for f in fields(self):
             if self.mode not in f.metadata["modes"] and getattr(self, f.name) != f.default:
                 raise ConfigError(f.name, f"is not used in mode {self.mode!r} (only in {', '.join(f.metadata['modes'])}); "
@@ -274,11 +272,17 @@ class ReclipConfig:
                     "alpha": profile.alpha if self.alpha is None else self.alpha,
                     "k": (K_TRANSCLIP if self.mode == "transclip" else K_PROPAGATION) if self.k is None else self.k}
         used = {f.name for f in fields(self) if self.mode in f.metadata["modes"]}
-        if "v_head" in used and v_head == "centroids" and self.v_head_targets != "agreed":
-            raise ConfigError("v_head_targets", "only sets what V's linear head is fitted to, and V's head resolves to "
-                                                "the centroids here (v_head auto, V's tower trained); set v_head to "
-                                                "linear or blend, or leave it out")
+        if "v_head" in used:
+            self._check_v_head_targets(v_head)
         return replace(self, **{name: value for name, value in resolved.items() if name in used})
+
+    def _check_v_head_targets(self, v_head: str) -> None:
+        """Refuse ``v_head_targets`` other than its default where V's head, as given or as resolved
+        (``v_head``), is the centroids: there is no linear head for it to act on."""
+        if v_head == "centroids" and self.v_head_targets != "agreed":
+            raise ConfigError("v_head_targets", "only sets what V's linear head is fitted to, and V's head is the "
+                                                "centroids here (v_head centroids, or auto with V's tower trained); "
+                                                "set v_head to linear or blend, or leave it out")
 
     def stage_settings(self, stage: str) -> dict[str, Any]:
         """The fields read by ``stage`` (one of ``STAGES``), by name."""
