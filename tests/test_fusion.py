@@ -22,6 +22,12 @@ def test_average_is_the_papers_half_sum_exactly():
     assert torch.equal(combine(T, V, "v-only", Fusion("calibrated", 2.0, 0.5)), V)
 
 
+@pytest.mark.parametrize("mode", ["t-only", "v-only"])
+def test_a_single_branch_fits_no_fusion(mode):
+    logits, fusion = fuse(T, V, mode, "calibrated", 0.7)  # what an adapter of that run stores
+    assert fusion == Fusion() and torch.equal(logits, T if mode == "t-only" else V)
+
+
 def test_calibrated_fusion_by_hand():
     # row 0: T / 2 = (1, 0) -> log-softmax (-log(1+e) + 1, -log(1+e)); V / 0.5 = (0, 2) -> (-log(1+e^2), 2 - log(1+e^2))
     fused = combine(T, V, "reclip", Fusion("calibrated", 2.0, 0.5))

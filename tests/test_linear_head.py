@@ -57,6 +57,21 @@ def test_linear_head_minimises_the_regularised_cross_entropy():
         linear_head(x[:0], y[:0], 4)
 
 
+def test_linear_head_converges_on_features_that_share_a_direction():
+    """Features as a CLIP tower gives them (one common direction, mean cosine about 0.67) make the
+    regression ill-conditioned: L-BFGS must run to its tolerance, not stop after a few steps."""
+    generator = torch.Generator().manual_seed(0)
+    n, dim, num_classes = 1000, 128, 10
+    common = torch.nn.functional.normalize(torch.randn(dim, generator=generator), dim=0)
+    directions = torch.nn.functional.normalize(torch.randn(num_classes, dim, generator=generator), dim=1)
+    y = torch.arange(n) % num_classes
+    x = torch.nn.functional.normalize(3 * common + 0.6 * directions[y]
+                                      + 2 * torch.randn(n, dim, generator=generator) / dim ** 0.5, dim=1)
+    assert (x @ x.T).mean() > 0.6
+    weight = linear_head(x, y, num_classes).double() * LOGIT_SCALE
+    assert gradient_at(weight, x, y, 1.0 / n).abs().max() < 1e-6  # 20 L-BFGS steps leave about 4e-6
+
+
 def test_linear_head_on_soft_targets_minimises_their_cross_entropy():
     _, x, y = mixture()
     n = len(x)
