@@ -10,7 +10,8 @@ import torch
 import reclip
 from reclip.method.propagation import label_propagation
 from reclip.method.run import Stages
-from reclip.method.safeguard import SafeguardWarning, decide, estimated_gain, fit_temperature, head_agreement
+from reclip.method.safeguard import (SafeguardWarning, confidence_target, decide, estimated_gain, fit_temperature,
+                                      frozen_posterior, head_agreement)
 from reclip.method.transduce.base import Transduction
 from reclip.method.transduce.peers import LabelPropagation
 from reclip.metrics import scores_to_probabilities
@@ -34,6 +35,26 @@ def test_head_agreement_counts_matching_predictions():
     t = torch.eye(4)
     v = torch.eye(4)[[0, 1, 3, 2]]  # V swaps the last two classes
     assert head_agreement(f, f, t, v) == 0.5
+    # 5 images, 3 classes: T predicts 0 1 0 1 2 on the frozen features, V 0 1 0 1 0 on its own
+    f_frozen = torch.eye(3)[[0, 1, 0, 1, 2]]
+    f_v = torch.eye(3)[[0, 1, 0, 1, 0]]
+    assert head_agreement(f_frozen, f_v, torch.eye(3), torch.eye(3)) == pytest.approx(0.8)
+
+
+def test_confidence_target_is_the_mean_largest_probability():
+    posterior = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]])
+    assert confidence_target(posterior) == pytest.approx((0.9 + 0.6 + 0.5) / 3)
+
+
+def test_the_judges_posterior_is_label_propagation_on_the_frozen_model():
+    generator = torch.Generator().manual_seed(1)
+    features = torch.nn.functional.normalize(torch.randn(40, 6, generator=generator), dim=1)
+    classifier = torch.nn.functional.normalize(torch.randn(3, 6, generator=generator), dim=1)
+    settings = {"k": 5, "alpha": 0.9, "cut_dim": None, "project": True, "knn": "exact", "knn_backend": None,
+                "image_edges": "projected"}
+    posterior = frozen_posterior(LabelPropagation(settings), features, classifier)
+    lp = label_propagation(features, classifier, **settings)
+    assert torch.equal(posterior, scores_to_probabilities(lp.scores))
 
 
 def test_decision_keeps_the_adapted_predictions_above_the_threshold():

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import reclip
-from reclip.method.safeguard import bounds, gain_per_image, judge_run, keeps_adapted
+from reclip.method.safeguard import bounds, decide, gain_per_image, judge_run, keeps_adapted
 
 Z95 = 1.6448536269514722  # the one-sided 95% normal quantile
+Z80 = 0.8416212335729143  # the one-sided 80% one (the default level)
 
 
 def test_bounds_by_value():
@@ -24,8 +25,38 @@ def test_an_agreement_just_under_the_threshold_is_noise_at_300_images_not_at_200
     assert not keeps_adapted(0.59, 0.6, 0.05, 0.0, gain_sd=0.2, n=20_000, level=0.95)
     # far below the threshold falls back at any size
     assert not keeps_adapted(0.45, 0.6, 0.05, 0.0, gain_sd=0.2, n=300, level=0.95)
-    # level 0.5 is the fixed rule of before
+    # level 0.5 is the fixed rule of before, and the default
     assert not keeps_adapted(0.59, 0.6, 0.05, 0.0, gain_sd=0.2, n=300, level=0.5)
+    assert keeps_adapted(0.61, 0.6, 0.01, 0.0) and not keeps_adapted(0.59, 0.6, 0.01, 0.0)
+
+
+def test_the_decision_applies_the_bounds():
+    logits = torch.randn(300, 3, generator=torch.Generator().manual_seed(0))
+    # 59% agreement is within the noise of 60% over 300 images at level 0.8, and +20 points of
+    # estimated gain with a per-image spread of 0.5 clear their bound: kept
+    kept = decide(logits, 0.59, 0.6, 0.2, 0.0, None, gain_sd=0.5, n=300, level=0.8)
+    assert kept.kept == "adapted"
+    assert kept.agreement_bound == pytest.approx(0.59 + Z80 * (0.59 * 0.41 / 300) ** 0.5)
+    assert kept.gain_bound == pytest.approx(0.2 - Z80 * 0.5 / 300 ** 0.5)
+    # +1 point with that spread does not: 0.01 - 0.84 x 0.5 / sqrt(300) < 0
+    assert decide(logits, 0.59, 0.6, 0.01, 0.0, None, gain_sd=0.5, n=300, level=0.8).kept == "zero-shot"
+    # nor +20 points measured on a single image
+    assert decide(logits, 0.59, 0.6, 0.2, 0.0, None, gain_sd=0.5, n=1, level=0.8).kept == "zero-shot"
+    # without a spread the gain's bound is its value
+    assert decide(logits, 0.8, 0.6, 0.01, 0.0, None, n=300, level=0.8).kept == "adapted"
+
+
+def test_the_spread_of_the_gain_is_measured_from_two_images_on():
+    posterior = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    zero_shot = torch.tensor([1, 1])
+    settings = dict(SETTINGS, safeguard_level=0.8)
+    # one image, +0.8: no spread to measure, the bound is the value
+    one = judge_run(torch.tensor([[1.0, 0.0]]), 0.9, posterior[:1], zero_shot[:1], settings)
+    assert one.kept == "adapted" and one.gain_bound == pytest.approx(0.8)
+    # two images, gains +0.8 and -0.6: mean +0.1, spread 0.99 on 2 images: within noise of 0
+    two = judge_run(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), 0.9, posterior, zero_shot, settings)
+    assert two.estimated_gain == pytest.approx(0.1)
+    assert two.gain_bound == pytest.approx(0.1 - Z80 * (0.98 ** 0.5) / 2 ** 0.5) and two.kept == "zero-shot"
 
 
 def test_a_small_estimated_gain_needs_enough_images():
