@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 import numpy as np
 import pytest
@@ -71,6 +72,7 @@ def noisy_zero_shot(labels: np.ndarray, num_classes: int, wrong: float, seed: in
     dict(k=3, lambda_=1.0, iterations=10, z_steps=5, init_confident=8),
     dict(k=5, lambda_=0.5, iterations=3, z_steps=2, init_confident=4),
     dict(k=3, lambda_=1.0, iterations=2, z_steps=1, init_confident=8, temperature=1.0),
+    dict(k=3, lambda_=1.0, iterations=0, z_steps=1, init_confident=8),  # one z-step: far from converged
 ])
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
 def test_matches_dense_reference_in_float64(options: dict, backend: str, monkeypatch) -> None:
@@ -84,6 +86,45 @@ def test_matches_dense_reference_in_float64(options: dict, backend: str, monkeyp
     assert result.probs.dtype == torch.float64
     np.testing.assert_allclose(result.probs.numpy(), expected, rtol=0, atol=1e-9)
     assert torch.equal(result.labels, torch.from_numpy(expected.argmax(axis=1)))
+
+
+def test_the_published_defaults() -> None:
+    # Zanella et al.'s zero-shot setting: k = 3, lambda = 1, 10 iterations of 5 z-steps, the 8 most
+    # confident images per class for the first means, temperature 50
+    defaults = {name: p.default for name, p in inspect.signature(transclip).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == {"zero_shot": None, "classifier": None, "k": 3, "lambda_": 1.0, "iterations": 10,
+                        "z_steps": 5, "init_confident": 8, "entropy_weight": 50.0, "knn": "exact", "device": None}
+
+
+def test_fewer_images_than_first_means_and_neighbours() -> None:
+    # 5 images in 16 dimensions: the first means sum all 5 of each class (not 8), k = 10 becomes 4
+    feats, labels, _ = clusters(n_per_class=1, num_classes=5, dim=16, spread=0.8, seed=5)
+    probs = noisy_zero_shot(labels, 5, wrong=0.4, seed=5)
+    expected = dense_transclip(feats, probs, k=4, lambda_=1.0, iterations=2, z_steps=2, init_confident=8)
+    result = transclip(torch.from_numpy(feats), torch.from_numpy(probs), k=10, iterations=2, z_steps=2)
+    assert result.k == 4
+    np.testing.assert_allclose(result.probs.numpy(), expected, rtol=0, atol=1e-9)
+    two = transclip(torch.from_numpy(feats[:2]), torch.from_numpy(probs[:2]))  # the fewest it takes
+    assert two.k == 1 and two.probs.shape == (2, 5)
+
+
+def test_the_shared_variance_sums_over_chunks_of_images(monkeypatch) -> None:
+    # chunks of 7 images (3 classes x 8 dimensions each) instead of one: the same answer as the reference
+    monkeypatch.setattr(transclip_module, "VARIANCE_CHUNK_ELEMENTS", 7 * 3 * 8)
+    feats, labels, _ = clusters(n_per_class=12, num_classes=3, dim=8, spread=0.8)
+    probs = noisy_zero_shot(labels, 3, wrong=0.3)
+    options = dict(k=3, lambda_=1.0, iterations=3, z_steps=2, init_confident=8)
+    result = transclip(torch.from_numpy(feats), torch.from_numpy(probs), **options)
+    np.testing.assert_allclose(result.probs.numpy(), dense_transclip(feats, probs, **options), rtol=0, atol=1e-9)
+
+
+def test_the_result_records_the_search_and_the_times() -> None:
+    feats, labels, _ = clusters(n_per_class=12, num_classes=3, dim=8, spread=0.8)
+    result = transclip(torch.from_numpy(feats), torch.from_numpy(noisy_zero_shot(labels, 3, wrong=0.3)))
+    assert isinstance(result.knn_backend, str) and result.knn_backend
+    times = result.timings
+    assert min(times.values()) >= 0 and times["total"] == pytest.approx(times["knn"] + times["solve"], abs=1e-6)
 
 
 def test_float32_agrees_with_the_reference_on_a_seeded_mixture() -> None:
@@ -146,6 +187,7 @@ def test_k_is_clipped_to_the_other_images() -> None:
     (dict(zero_shot=torch.full((6, 2), 0.5), classifier=torch.ones(2, 4)), "exactly one of"),
     (dict(zero_shot=torch.full((5, 2), 0.5)), "N=6"),
     (dict(zero_shot=torch.ones(6, 2)), "probabilities"),
+    (dict(zero_shot=torch.tensor([[1.5, -0.5]] * 6)), "probabilities"),  # rows sum to 1, one entry < 0
     (dict(classifier=torch.ones(2, 3)), "D=4"),
     (dict(zero_shot=torch.full((6, 2), 0.5), lambda_=0.0), "lambda_"),
     (dict(zero_shot=torch.full((6, 2), 0.5), knn="fast"), "knn"),
@@ -153,6 +195,13 @@ def test_k_is_clipped_to_the_other_images() -> None:
 def test_bad_inputs_raise_one_line_errors(kwargs: dict, match: str) -> None:
     with pytest.raises(ReclipError, match=match):
         transclip(torch.rand(6, 4), **kwargs)
+
+
+def test_one_image_or_flat_features_are_refused() -> None:
+    with pytest.raises(ReclipError, match="at least 2 images, got 1"):
+        transclip(torch.rand(1, 4), torch.full((1, 2), 0.5))
+    with pytest.raises(ReclipError, match="image_features must be a 2-D"):
+        transclip(torch.rand(4), torch.full((4, 2), 0.5))
 
 
 def test_nan_features_are_rejected() -> None:
