@@ -191,6 +191,8 @@ def test_k_is_clipped_to_the_other_images() -> None:
     (dict(classifier=torch.ones(2, 3)), "D=4"),
     (dict(zero_shot=torch.full((6, 2), 0.5), lambda_=0.0), "lambda_"),
     (dict(zero_shot=torch.full((6, 2), 0.5), knn="fast"), "knn"),
+    (dict(zero_shot=torch.full((6, 2), 0.5), k=0), "k must be at least 1, got 0"),
+    (dict(zero_shot=torch.ones(6, 1)), "at least 2 classes, got 1"),
 ])
 def test_bad_inputs_raise_one_line_errors(kwargs: dict, match: str) -> None:
     with pytest.raises(ReclipError, match=match):
