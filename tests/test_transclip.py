@@ -109,6 +109,16 @@ def test_fewer_images_than_first_means_and_neighbours() -> None:
     assert two.k == 1 and two.probs.shape == (2, 5)
 
 
+def test_an_image_that_is_no_ones_neighbour() -> None:
+    # the last image is far from the others, so with k = 1 no image picks it: the graph stays N x N
+    feats, labels, _ = clusters(n_per_class=3, num_classes=2, dim=8, spread=0.3, seed=6)
+    feats = np.vstack([feats, -feats.mean(axis=0)])
+    probs = noisy_zero_shot(np.append(labels, 0), 2, wrong=0.0, seed=6)
+    expected = dense_transclip(feats, probs, k=1, lambda_=1.0, iterations=2, z_steps=2, init_confident=8)
+    result = transclip(torch.from_numpy(feats), torch.from_numpy(probs), k=1, iterations=2, z_steps=2)
+    np.testing.assert_allclose(result.probs.numpy(), expected, rtol=0, atol=1e-9)
+
+
 def test_the_shared_variance_sums_over_chunks_of_images(monkeypatch) -> None:
     # chunks of 7 images (3 classes x 8 dimensions each) instead of one: the same answer as the reference
     monkeypatch.setattr(transclip_module, "VARIANCE_CHUNK_ELEMENTS", 7 * 3 * 8)
