@@ -98,7 +98,7 @@ def test_the_published_defaults() -> None:
 
 
 def test_fewer_images_than_first_means_and_neighbours() -> None:
-    # 5 images in 16 dimensions: the first means sum all 5 of each class (not 8), k = 10 becomes 4
+    # 5 images in 16 dimensions: each first mean sums all 5 images (not 8), k = 10 becomes 4
     feats, labels, _ = clusters(n_per_class=1, num_classes=5, dim=16, spread=0.8, seed=5)
     probs = noisy_zero_shot(labels, 5, wrong=0.4, seed=5)
     expected = dense_transclip(feats, probs, k=4, lambda_=1.0, iterations=2, z_steps=2, init_confident=8)
