@@ -1,6 +1,7 @@
 """Tests of the sparse label-propagation engine against the dense reference (docs/method.md, steps 1-2)."""
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -390,3 +391,59 @@ def test_invalid_options_raise_reclip_error(data, option: dict, message: str) ->
     images, classes, _ = data
     with pytest.raises(ReclipError, match=message):
         label_propagation(images, classes, **option)
+
+
+def test_the_default_settings() -> None:
+    # docs/method.md, step 2: k = 20 neighbours, alpha = 0.99, 20 CG iterations (the authors' values)
+    defaults = {name: p.default for name, p in inspect.signature(label_propagation).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == {"k": 20, "alpha": 0.99, "cut_dim": None, "project": True, "max_iter": 20, "tol": 1e-6,
+                        "knn": "exact", "knn_backend": None, "image_edges": "projected", "device": None}
+
+
+def test_the_smallest_valid_options_are_accepted(data) -> None:
+    images, classes, _ = data
+    for option in ({"k": 1}, {"max_iter": 1}, {"tol": 0.0}, {"cut_dim": 2}):
+        assert torch.isfinite(label_propagation(images[:40], classes, **option).scores).all()
+    assert projection(classes, cut_dim=2).shape == (32, 1)
+    with pytest.raises(ReclipError, match="alpha"):
+        label_propagation(images[:40], classes, alpha=0.0)
+
+
+def test_confidence_by_value_whatever_the_scores_mass() -> None:
+    # 1 - H(p) / log C of the scores normalised per row; a row without mass has confidence 0
+    scores = torch.tensor([[0.4, 0.1], [0.0, 0.0], [1.0, 0.0], [3.0, 1.0]])
+    entropy = lambda p: -(p * np.log(p)).sum()  # noqa: E731
+    expected = [1 - entropy(np.array([0.8, 0.2])) / np.log(2), 0.0, 1.0, 1 - entropy(np.array([0.75, 0.25])) / np.log(2)]
+    assert propagation_module._confidence(scores).tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_timings_add_up(data) -> None:
+    images, classes, _ = data
+    timings = label_propagation(images, classes, k=10).timings
+    assert min(timings.values()) >= 0 and timings["knn"] <= timings["graph"]
+    assert timings["total"] == pytest.approx(timings["graph"] + timings["solve"], abs=1e-6)
+
+
+def test_normalised_adjacency_by_value_for_small_degrees() -> None:
+    # nodes 0 and 1 point at each other with affinity (−0.5 + 1) / 2 = 0.25; node 2 has no edge
+    indices = torch.tensor([[1], [0], [-1]])
+    similarities = torch.tensor([[-0.5], [-0.5], [0.0]])
+    dense = normalised_adjacency(indices, similarities).to_dense()
+    torch.testing.assert_close(dense, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("image_edges", ["projected", "full"])
+def test_chunks_of_rows_give_the_same_graph(data, image_edges: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    images, classes, _ = data
+    whole = label_propagation(images, classes, k=10, image_edges=image_edges)
+    monkeypatch.setattr(propagation_module, "_ROW_CHUNK", 7)  # 305 nodes in 44 chunks, classes split off
+    chunked = label_propagation(images, classes, k=10, image_edges=image_edges)
+    assert torch.equal(chunked.scores, whole.scores) and torch.equal(chunked.centroids, whole.centroids)
+
+
+def test_a_feature_with_no_projection_becomes_a_zero_row() -> None:
+    features = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    basis = torch.tensor([[1.0], [0.0], [0.0]])
+    coordinates = propagation_module._graph_coordinates(features, basis)
+    assert torch.equal(coordinates, torch.tensor([[1.0], [0.0]]))

@@ -292,7 +292,7 @@ def _full_image_edge_neighbours(nodes: torch.Tensor, images: torch.Tensor, k: in
     top_idx = torch.empty(num_classes, 0, dtype=torch.int64, device=nodes.device)
     for cols in _row_chunks(len(nodes)):
         sims = _product(classes, nodes[cols].T)
-        own = torch.arange(cols.start, min(cols.stop, num_classes), device=nodes.device)
+        own = torch.arange(min(cols.start, num_classes), min(cols.stop, num_classes), device=nodes.device)
         sims[own, own - cols.start] = -torch.inf  # no self loops
         columns = torch.arange(cols.start, cols.stop, device=nodes.device).expand_as(sims)
         top_idx, top_sims = best_first(torch.cat([top_idx, columns], dim=1), torch.cat([top_sims, sims], dim=1), k)
