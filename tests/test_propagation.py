@@ -413,8 +413,10 @@ def test_the_smallest_valid_options_are_accepted(data) -> None:
 def test_confidence_by_value_whatever_the_scores_mass() -> None:
     # 1 - H(p) / log C of the scores normalised per row; a row without mass has confidence 0
     scores = torch.tensor([[0.4, 0.1], [0.0, 0.0], [1.0, 0.0], [3.0, 1.0]])
-    entropy = lambda p: -(p * np.log(p)).sum()  # noqa: E731
-    expected = [1 - entropy(np.array([0.8, 0.2])) / np.log(2), 0.0, 1.0, 1 - entropy(np.array([0.75, 0.25])) / np.log(2)]
+    def confidence(p: np.ndarray) -> float:
+        return 1 + (p * np.log(p)).sum() / np.log(2)
+
+    expected = [confidence(np.array([0.8, 0.2])), 0.0, 1.0, confidence(np.array([0.75, 0.25]))]
     assert propagation_module._confidence(scores).tolist() == pytest.approx(expected, abs=1e-6)
 
 
