@@ -413,6 +413,7 @@ def test_the_smallest_valid_options_are_accepted(data) -> None:
 def test_confidence_by_value_whatever_the_scores_mass() -> None:
     # 1 - H(p) / log C of the scores normalised per row; a row without mass has confidence 0
     scores = torch.tensor([[0.4, 0.1], [0.0, 0.0], [1.0, 0.0], [3.0, 1.0]])
+
     def confidence(p: np.ndarray) -> float:
         return 1 + (p * np.log(p)).sum() / np.log(2)
 
